@@ -1,0 +1,31 @@
+"""The one road into worker threads.
+
+Every blocking call (boto3, local disk) runs through `run_blocking` with a named
+`trio.CapacityLimiter`, so the trio loop that answers the kernel never blocks and the number of
+threads talking to S3 matches botocore's connection pool.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import trio
+
+T = TypeVar("T")
+
+
+class Limiters:
+    """The named limiters: `s3` sized to botocore's pool, `disk` for the local cache files."""
+
+    def __init__(self, s3: int, disk: int = 8) -> None:
+        self.s3 = trio.CapacityLimiter(s3)
+        self.disk = trio.CapacityLimiter(disk)
+
+
+async def run_blocking(limiter: trio.CapacityLimiter, fn: Callable[..., T], *args: Any,
+                       **kwargs: Any) -> T:
+    """Run `fn(*args, **kwargs)` in a worker thread bounded by `limiter`."""
+    call = functools.partial(fn, *args, **kwargs) if kwargs else functools.partial(fn, *args)
+    return await trio.to_thread.run_sync(call, limiter=limiter)

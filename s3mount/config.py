@@ -1,0 +1,54 @@
+"""What a mount is configured with: one immutable `MountConfig`, built by the command line."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MIB = 1024 * 1024
+
+
+def default_cache_root() -> Path:
+    """Where per-mount cache directories live when `--cache-dir` is not given."""
+    if os.geteuid() == 0:
+        return Path("/var/cache/s3mount")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "s3mount"
+
+
+@dataclass(frozen=True)
+class MountConfig:
+    bucket: str
+    prefix: str  # "" or "a/b/" (always ends with "/" when not empty)
+    mountpoint: str
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    addressing_style: str = "path"
+    signature_version: str = "v4"
+    foreground: bool = False
+    read_only: bool = False
+    allow_other: bool = False
+    uid: int = field(default_factory=os.getuid)
+    gid: int = field(default_factory=os.getgid)
+    file_mode: int = 0o644
+    dir_mode: int = 0o755
+    cache_dir: str | None = None
+    log_level: str = "info"
+    max_concurrency: int = 10
+    part_size: int = 8 * MIB
+    single_put_limit: int = 8 * MIB
+    metadata_ttl: float = 1.0
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    max_attempts: int = 5
+
+    def cache_path(self) -> Path:
+        """This mount's own cache directory: one per endpoint, bucket and prefix."""
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        ident = f"{self.endpoint_url or 'aws'}|{self.bucket}|{self.prefix}"
+        digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
+        return default_cache_root() / f"{self.bucket}-{digest}"

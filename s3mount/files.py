@@ -1,0 +1,159 @@
+"""File contents: reading through the bucket, staging writes, and committing them.
+
+`FileData` owns each inode's staged file and the per-inode lock that serialises every change of
+it (write, truncate, commit), so a commit never uploads a file that is being written.  Reads of a
+clean file are ranged GETs pinned to the ETag seen at open (`If-Match`, so bytes of two versions
+are never mixed), through a per-handle read-ahead buffer.  Reads of a staged file take written
+bytes from the staging file and fetch the rest of the base object into it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import trio
+
+from s3mount.blocking import Limiters, run_blocking
+from s3mount.errors import FsError
+from s3mount.handles import FileHandle
+from s3mount.inodes import Inode
+from s3mount.namespace import Namespace
+from s3mount.staging import StagedFile
+from s3mount.store import ObjectStore, PosixAttrs, encode_attrs
+from s3mount.uploader import Uploader
+
+log = logging.getLogger(__name__)
+
+FETCH_CHUNK = 8 * 1024 * 1024
+
+
+class FileData:
+    def __init__(self, store: ObjectStore, namespace: Namespace, uploader: Uploader,
+                 limiters: Limiters, staging_dir: Path) -> None:
+        self.store = store
+        self.namespace = namespace
+        self.uploader = uploader
+        self.limiters = limiters
+        self.staging_dir = staging_dir
+        self._locks: dict[int, trio.Lock] = {}
+
+    def lock(self, inode: Inode) -> trio.Lock:
+        return self._locks.setdefault(inode.ino, trio.Lock())
+
+    async def _disk(self, fn, *args):  # type: ignore[no-untyped-def]
+        return await run_blocking(self.limiters.disk, fn, *args)
+
+    # -- staging -------------------------------------------------------------------------------
+
+    async def stage(self, inode: Inode, truncate_to: int | None = None) -> StagedFile:
+        """The inode's staged file, made on first use (empty base when truncating to 0)."""
+        if inode.staged is None:
+            base = None if truncate_to == 0 else inode.etag
+            size = 0 if base is None else inode.size
+            inode.staged = await self._disk(StagedFile, self.staging_dir, size, base)
+        return inode.staged
+
+    async def _fill_gaps(self, inode: Inode, staged: StagedFile, start: int, end: int) -> None:
+        key = self.namespace.key(inode)
+        for gap_start, gap_end in staged.remote_gaps(start, end):
+            for chunk in range(gap_start, gap_end, FETCH_CHUNK):
+                chunk_end = min(chunk + FETCH_CHUNK, gap_end)
+                data = await self.store.get_range(key, chunk, chunk_end, staged.base_etag)
+                await self._disk(staged.fill, chunk, data)
+
+    async def materialize(self, inode: Inode) -> None:
+        """Bring every byte of the file local, so it outlives its object (unlink while open)."""
+        async with self.lock(inode):
+            staged = await self.stage(inode)
+            await self._fill_gaps(inode, staged, 0, staged.size)
+
+    async def write(self, inode: Inode, offset: int, data: bytes) -> int:
+        async with self.lock(inode):
+            staged = await self.stage(inode)
+            written = await self._disk(staged.write, offset, data)
+            inode.size = staged.size
+            inode.mtime_ns = inode.ctime_ns = time.time_ns()
+            return written
+
+    async def truncate(self, inode: Inode, size: int) -> None:
+        async with self.lock(inode):
+            staged = await self.stage(inode, truncate_to=size)
+            await self._disk(staged.truncate, size)
+            inode.size = size
+            inode.mtime_ns = inode.ctime_ns = time.time_ns()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def read(self, inode: Inode, handle: FileHandle, offset: int, size: int) -> bytes:
+        if inode.staged is not None:
+            staged = inode.staged
+            end = min(offset + size, staged.size)
+            if staged.remote_gaps(offset, end):
+                async with self.lock(inode):
+                    await self._fill_gaps(inode, staged, offset, end)
+            return await self._disk(staged.read, offset, size)
+        return await self._read_remote(inode, handle, offset, size)
+
+    async def _read_remote(self, inode: Inode, handle: FileHandle, offset: int,
+                           size: int) -> bytes:
+        size = max(0, min(size, inode.size - offset))
+        if size == 0:
+            return b""
+        hit = handle.buffered(offset, size, inode.etag)
+        if hit is None:
+            fetch = max(size, handle.note_read(offset))
+            end = min(offset + fetch, inode.size)
+            data = await self.store.get_range(self.namespace.key(inode), offset, end, inode.etag)
+            handle.buffer, handle.buffer_offset, handle.buffer_etag = data, offset, inode.etag
+            hit = data[:size]
+        handle.next_offset = offset + len(hit)
+        return hit
+
+    # -- committing ----------------------------------------------------------------------------
+
+    def metadata(self, inode: Inode) -> dict[str, str]:
+        return encode_attrs(PosixAttrs(inode.mode, inode.uid, inode.gid, inode.mtime_ns))
+
+    async def commit(self, inode: Inode) -> None:
+        """Upload the inode's staged data if it is dirty or not in the bucket yet."""
+        async with self.lock(inode):
+            staged = inode.staged
+            if inode.unlinked or staged is None or not (staged.dirty or inode.local_only):
+                return
+            await self._fill_gaps(inode, staged, 0, staged.size)
+            key = self.namespace.key(inode)
+            etag = await self.uploader.upload(key, staged.path, staged.size,
+                                              self.metadata(inode))
+            staged.dirty = False
+            staged.base_etag, staged.base_valid = etag, staged.size
+            inode.etag, inode.size = etag, staged.size
+            inode.fetched_at = time.monotonic()
+            inode.meta_known = True
+            log.debug("committed %s (%d bytes)", key, staged.size)
+
+    async def drop_clean(self, inode: Inode) -> None:
+        """Free the staging file of a closed, clean file."""
+        async with self.lock(inode):
+            staged = inode.staged
+            if staged is not None and not staged.dirty and inode.opens == 0 and (
+                    not inode.local_only or inode.unlinked):
+                inode.staged = None
+                await self._disk(staged.close)
+            if inode.unlinked and inode.staged is not None and inode.opens == 0:
+                staged, inode.staged = inode.staged, None
+                await self._disk(staged.close)
+        if inode.opens == 0 and inode.staged is None:
+            self._locks.pop(inode.ino, None)
+
+    async def commit_all(self, inodes: list[Inode]) -> list[tuple[Inode, FsError]]:
+        """Commit every dirty inode; the failures, with their errors."""
+        failed: list[tuple[Inode, FsError]] = []
+        for inode in inodes:
+            if inode.staged is not None and (inode.staged.dirty or inode.local_only):
+                try:
+                    await self.commit(inode)
+                except FsError as exc:
+                    failed.append((inode, exc))
+        return failed

@@ -1,0 +1,434 @@
+"""The filesystem in plain terms, with no FUSE in it: every operation the kernel can ask for.
+
+Operations take and return `Inode` records and plain values; `fuse_ops` converts them.  The
+namespace (what exists) is `Namespace`'s job, file contents are `FileData`'s; this module decides
+what each POSIX call means on S3 and enforces the rules (errno for names S3 cannot hold, EROFS on
+a read-only mount, ENOTEMPTY, EISDIR...).  Lookup counts are the kernel's: `remember` adds one each
+time an entry is handed to it, `forget` takes them back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+
+import trio
+
+from s3mount import errors
+from s3mount.config import MountConfig
+from s3mount.files import FileData
+from s3mount.handles import FileHandle, HandleTable
+from s3mount.inodes import ROOT_INODE, Inode, InodeTable
+from s3mount.keys import check_key_length, decode_name, dir_prefix, join
+from s3mount.namespace import Namespace
+from s3mount.store import DIRECTORY_CONTENT_TYPE, ObjectStore, PosixAttrs, encode_attrs
+from s3mount.uploader import unwrap_group
+
+log = logging.getLogger(__name__)
+
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
+
+
+class Filesystem:
+    def __init__(self, config: MountConfig, store: ObjectStore, table: InodeTable,
+                 namespace: Namespace, files: FileData, handles: HandleTable) -> None:
+        self.config = config
+        self.store = store
+        self.table = table
+        self.ns = namespace
+        self.files = files
+        self.handles = handles
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def inode(self, ino: int) -> Inode:
+        inode = self.table.get(ino)
+        if inode is None:
+            raise errors.Stale(f"inode {ino} is no longer known")
+        return inode
+
+    def directory(self, ino: int) -> Inode:
+        inode = self.inode(ino)
+        if not inode.is_dir:
+            raise errors.NotADirectory(self.table.key(inode))
+        return inode
+
+    def writable(self) -> None:
+        if self.config.read_only:
+            raise errors.ReadOnly("the mount is read-only")
+
+    def new_name(self, parent: Inode, raw: bytes) -> str:
+        name = decode_name(raw)
+        check_key_length(join(self.table.key(parent), name), self.config.prefix)
+        return name
+
+    def remember(self, inode: Inode) -> Inode:
+        inode.lookups += 1
+        return inode
+
+    def forget(self, ino: int, count: int) -> None:
+        self.table.forget(ino, count)
+
+    async def _exists(self, parent: Inode, name: str) -> Inode | None:
+        try:
+            return await self.ns.lookup(parent, name)
+        except errors.NotFound:
+            return None
+
+    # -- names ---------------------------------------------------------------------------------
+
+    async def lookup(self, parent_ino: int, raw: bytes) -> Inode:
+        parent = self.directory(parent_ino)
+        if raw == b".":
+            return parent
+        if raw == b"..":
+            return self.inode(parent.parent)
+        return await self.ns.lookup(parent, decode_name(raw))
+
+    async def getattr(self, ino: int) -> Inode:
+        inode = self.inode(ino)
+        if (ino == ROOT_INODE or inode.unlinked or inode.staged is not None or inode.local_only
+                or (inode.fresh(self.config.metadata_ttl) and inode.meta_known)):
+            return inode
+        try:
+            await self.ns.revalidate(inode)
+        except errors.NotFound:
+            if inode.opens:
+                return inode  # deleted elsewhere; the open handle still answers
+            self.table.detach(inode)
+            raise
+        return inode
+
+    async def mkdir(self, parent_ino: int, raw: bytes, mode: int, uid: int, gid: int) -> Inode:
+        self.writable()
+        parent = self.directory(parent_ino)
+        name = self.new_name(parent, raw)
+        if await self._exists(parent, name) is not None:
+            raise errors.Exists(name)
+        key = join(self.table.key(parent), name)
+        now = time.time_ns()
+        attrs = PosixAttrs(stat.S_IFDIR | (mode & 0o7777), uid, gid, now)
+        await self.store.put(key + "/", b"", encode_attrs(attrs), DIRECTORY_CONTENT_TYPE)
+        inode = self.table.add(parent.ino, name, attrs.mode, uid, gid, mtime_ns=now,
+                               ctime_ns=now, etag="", has_marker=True,
+                               fetched_at=time.monotonic())
+        self.ns.forget_negative(parent, name)
+        return inode
+
+    async def rmdir(self, parent_ino: int, raw: bytes) -> None:
+        self.writable()
+        parent = self.directory(parent_ino)
+        inode = await self.ns.lookup(parent, decode_name(raw))
+        if not inode.is_dir:
+            raise errors.NotADirectory(inode.name)
+        if not await self.ns.is_empty(inode):
+            raise errors.NotEmpty(inode.name)
+        await self.store.delete(self.table.key(inode) + "/")
+        for child in self.table.children(inode.ino):
+            self.table.detach(child)
+        self.table.detach(inode)
+
+    async def unlink(self, parent_ino: int, raw: bytes) -> None:
+        self.writable()
+        parent = self.directory(parent_ino)
+        inode = await self.ns.lookup(parent, decode_name(raw))
+        if inode.is_dir:
+            raise errors.IsADirectory(inode.name)
+        await self._remove_object(inode)
+        self.table.detach(inode)
+
+    async def _remove_object(self, inode: Inode) -> None:
+        """Delete a file's object; an open file keeps its bytes locally, as on a local disk."""
+        if inode.opens and inode.etag is not None:
+            await self.files.materialize(inode)
+        if inode.etag is not None:
+            await self.store.delete(self.table.key(inode))
+
+    async def symlink(self, parent_ino: int, raw: bytes, target: bytes, uid: int,
+                      gid: int) -> Inode:
+        self.writable()
+        parent = self.directory(parent_ino)
+        name = self.new_name(parent, raw)
+        if await self._exists(parent, name) is not None:
+            raise errors.Exists(name)
+        try:
+            text = target.decode("utf-8")
+        except UnicodeDecodeError:
+            raise errors.InvalidName("a symlink target must be UTF-8") from None
+        now = time.time_ns()
+        attrs = PosixAttrs(stat.S_IFLNK | 0o777, uid, gid, now)
+        key = join(self.table.key(parent), name)
+        etag = await self.store.put(key, target, encode_attrs(attrs))
+        inode = self.table.add(parent.ino, name, attrs.mode, uid, gid, size=len(target),
+                               mtime_ns=now, ctime_ns=now, etag=etag, target=text,
+                               fetched_at=time.monotonic())
+        self.ns.forget_negative(parent, name)
+        return inode
+
+    async def readlink(self, ino: int) -> bytes:
+        inode = self.inode(ino)
+        if inode.kind != stat.S_IFLNK:
+            raise errors.InvalidArgument("not a symlink")
+        if inode.target is None:
+            data = await self.store.get_range(self.table.key(inode), 0, inode.size, inode.etag)
+            inode.target = data.decode("utf-8", "surrogateescape")
+        return inode.target.encode("utf-8", "surrogateescape")
+
+    async def link(self) -> Inode:
+        raise errors.NotPermitted("hard links cannot be stored in S3")
+
+    async def mknod(self, parent_ino: int, raw: bytes, mode: int, uid: int, gid: int) -> Inode:
+        if not stat.S_ISREG(mode):
+            raise errors.NotSupported("device files, FIFOs and sockets cannot be stored in S3")
+        handle, inode = await self.create(parent_ino, raw, mode, os.O_WRONLY, 0, uid, gid)
+        try:
+            await self.flush(handle.fh)
+        finally:
+            await self.release(handle.fh)
+        return inode
+
+    # -- attributes ----------------------------------------------------------------------------
+
+    async def setattr(self, ino: int, *, size: int | None = None, mode: int | None = None,
+                      uid: int | None = None, gid: int | None = None,
+                      mtime_ns: int | None = None, fh: int | None = None) -> Inode:
+        self.writable()
+        inode = self.inode(ino)
+        if size is not None:
+            if inode.is_dir:
+                raise errors.IsADirectory(inode.name)
+            await self.files.truncate(inode, size)
+        meta_changed = False
+        if mode is not None:
+            inode.mode = inode.kind | stat.S_IMODE(mode)
+            meta_changed = True
+        if uid is not None and uid != -1 and uid != 0xFFFFFFFF:
+            inode.uid, meta_changed = uid, True
+        if gid is not None and gid != -1 and gid != 0xFFFFFFFF:
+            inode.gid, meta_changed = gid, True
+        if mtime_ns is not None:
+            inode.mtime_ns, meta_changed = mtime_ns, True
+        inode.ctime_ns = time.time_ns()
+        if size is not None and not inode.opens:
+            await self.files.commit(inode)  # truncate(2) by path: nothing else will commit it
+            await self.files.drop_clean(inode)
+        elif meta_changed and inode.staged is None and not inode.unlinked:
+            await self._store_metadata(inode)
+        return inode
+
+    async def _store_metadata(self, inode: Inode) -> None:
+        """Persist changed attributes: a copy of the object onto itself, never a download."""
+        meta = self.files.metadata(inode)
+        if inode.ino == ROOT_INODE:
+            return
+        key = self.table.key(inode)
+        if inode.is_dir:
+            await self.store.put(key + "/", b"", meta, DIRECTORY_CONTENT_TYPE)
+            inode.has_marker = True
+        elif inode.etag is not None:
+            inode.etag = await self.store.copy(key, key, inode.size, meta)
+        inode.fetched_at = time.monotonic()
+        inode.meta_known = True
+
+    def statfs(self) -> dict[str, int]:
+        blocks = 1 << 40
+        return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": blocks, "f_bfree": blocks,
+                "f_bavail": blocks, "f_files": 1 << 32, "f_ffree": 1 << 32,
+                "f_favail": 1 << 32, "f_namemax": 255}
+
+    # -- directories ---------------------------------------------------------------------------
+
+    async def opendir(self, ino: int) -> int:
+        self.directory(ino)
+        return self.handles.open_dir(ino).fh
+
+    async def readdir(self, fh: int, start: int) -> list[tuple[str, Inode]]:
+        """Entries from index `start` of the snapshot taken when the listing began."""
+        handle = self.handles.dir(fh)
+        if not handle.loaded or start == 0:
+            handle.entries = await self.ns.list_dir(self.directory(handle.ino))
+            handle.loaded = True
+        return handle.entries[start:]
+
+    def releasedir(self, fh: int) -> None:
+        self.handles.close(fh)
+
+    # -- rename --------------------------------------------------------------------------------
+
+    async def rename(self, old_parent: int, old_raw: bytes, new_parent: int, new_raw: bytes,
+                     flags: int) -> None:
+        self.writable()
+        src_dir, dst_dir = self.directory(old_parent), self.directory(new_parent)
+        src = await self.ns.lookup(src_dir, decode_name(old_raw))
+        new_name = self.new_name(dst_dir, new_raw)
+        if flags & 2:  # RENAME_EXCHANGE: S3 cannot swap two keys atomically
+            raise errors.InvalidArgument("RENAME_EXCHANGE is not supported")
+        dst = await self._exists(dst_dir, new_name)
+        if dst is src:
+            return
+        if dst is not None:
+            if flags & 1:  # RENAME_NOREPLACE
+                raise errors.Exists(new_name)
+            if src.is_dir and not dst.is_dir:
+                raise errors.NotADirectory(new_name)
+            if dst.is_dir and not src.is_dir:
+                raise errors.IsADirectory(new_name)
+            if dst.is_dir and not await self.ns.is_empty(dst):
+                raise errors.NotEmpty(new_name)
+        new_key = join(self.table.key(dst_dir), new_name)
+        if src.is_dir:
+            await self._rename_tree(src, new_key)
+        else:
+            await self._rename_file(src, dst, new_key)
+        if dst is not None and dst.is_dir and dst.has_marker and not src.has_marker:
+            await self.store.delete(new_key + "/")
+        self.table.move(src, dst_dir.ino, new_name)
+        self.ns.forget_negative(dst_dir, new_name)
+
+    async def _rename_file(self, src: Inode, dst: Inode | None, new_key: str) -> None:
+        if dst is not None and dst.opens and dst.etag is not None:
+            await self.files.materialize(dst)  # the replaced file stays readable while open
+        async with self.files.lock(src):
+            if src.etag is None:
+                return  # not in the bucket yet: the commit will write the new key
+            old_key = self.table.key(src)
+            etag = await self.store.copy(old_key, new_key, src.size, None)
+            await self.store.delete(old_key)
+            src.etag = etag
+            if src.staged is not None:
+                src.staged.base_etag = etag
+
+    async def _rename_tree(self, src: Inode, new_key: str) -> None:
+        """Copy every key under the directory, then delete the old ones: the source is never
+        lost before the copy is complete (S3 has no atomic rename)."""
+        old_prefix = dir_prefix(self.table.key(src))
+        new_prefix = dir_prefix(new_key)
+        objects = []
+        token = None
+        while True:
+            page = await self.store.list_page(old_prefix, None, token)
+            objects.extend(page.objects)
+            token = page.next_token
+            if token is None:
+                break
+        new_etags: dict[str, str] = {}
+        slots = trio.Semaphore(self.config.max_concurrency)
+
+        async def copy_one(key: str, size: int) -> None:
+            async with slots:
+                dest = new_prefix + key[len(old_prefix):]
+                new_etags[dest] = await self.store.copy(key, dest, size, None)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for obj in objects:
+                    nursery.start_soon(copy_one, obj.key, obj.size)
+        except BaseExceptionGroup as group:
+            raise unwrap_group(group) from None
+        await self.store.delete_many([obj.key for obj in objects])
+        self._rebase_staged(src, old_prefix, new_prefix, new_etags)
+
+    def _rebase_staged(self, src: Inode, old_prefix: str, new_prefix: str,
+                       new_etags: dict[str, str]) -> None:
+        """Point staged descendants at the copies of their base objects."""
+        stack = [src]
+        while stack:
+            node = stack.pop()
+            for child in self.table.children(node.ino):
+                stack.append(child)
+                if child.etag and not child.is_dir:
+                    rel = self.table.key(child)[len(old_prefix):]
+                    etag = new_etags.get(new_prefix + rel)
+                    if etag is not None:
+                        child.etag = etag
+                        if child.staged is not None:
+                            child.staged.base_etag = etag
+
+    # -- files ---------------------------------------------------------------------------------
+
+    async def open(self, ino: int, flags: int, pid: int) -> tuple[FileHandle, bool]:
+        """A new handle, and whether the kernel may keep the pages it cached of this file."""
+        inode = self.inode(ino)
+        if inode.is_dir:
+            raise errors.IsADirectory(inode.name)
+        if flags & WRITE_FLAGS:
+            self.writable()
+        if inode.staged is None:
+            await self.getattr(ino)  # close-to-open: revalidate when older than the TTL
+        handle = self.handles.open_file(ino, flags, pid)
+        inode.opens += 1
+        try:
+            if flags & os.O_TRUNC and inode.size:
+                await self.files.truncate(inode, 0)
+                handle.wrote = True
+        except BaseException:
+            self.handles.close(handle.fh)
+            inode.opens -= 1
+            self.table.settle(inode)
+            raise
+        keep = inode.kernel_etag == inode.etag and inode.staged is None and inode.etag is not None
+        inode.kernel_etag = inode.etag
+        return handle, keep
+
+    async def create(self, parent_ino: int, raw: bytes, mode: int, flags: int, pid: int,
+                     uid: int, gid: int) -> tuple[FileHandle, Inode]:
+        self.writable()
+        parent = self.directory(parent_ino)
+        name = self.new_name(parent, raw)
+        existing = await self._exists(parent, name)
+        if existing is not None:
+            if flags & os.O_EXCL:
+                raise errors.Exists(name)
+            handle, _ = await self.open(existing.ino, flags, pid)
+            return handle, existing
+        now = time.time_ns()
+        inode = self.table.add(parent.ino, name, stat.S_IFREG | (mode & 0o7777), uid, gid,
+                               mtime_ns=now, ctime_ns=now, fetched_at=time.monotonic())
+        await self.files.stage(inode)
+        self.ns.forget_negative(parent, name)
+        handle = self.handles.open_file(inode.ino, flags, pid)
+        inode.opens += 1
+        return handle, inode
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        handle = self.handles.file(fh)
+        return await self.files.read(self.inode(handle.ino), handle, offset, size)
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        self.writable()
+        handle = self.handles.file(fh)
+        handle.wrote = True
+        return await self.files.write(self.inode(handle.ino), offset, data)
+
+    async def flush(self, fh: int) -> None:
+        """The commit point of close(2): the data is in the bucket when this returns."""
+        handle = self.handles.file(fh)
+        if handle.error is not None:
+            error, handle.error = handle.error, None
+            raise error
+        await self.files.commit(self.inode(handle.ino))
+
+    async def fsync(self, fh: int) -> None:
+        await self.flush(fh)
+
+    async def release(self, fh: int) -> None:
+        handle = self.handles.file(fh)
+        self.handles.close(fh)
+        inode = self.inode(handle.ino)
+        inode.opens -= 1
+        if inode.opens == 0:
+            try:
+                await self.files.commit(inode)
+            except errors.FsError as exc:
+                log.error("%s stays staged, its upload failed: %s", self.table.key(inode), exc)
+            await self.files.drop_clean(inode)
+        self.table.settle(inode)
+
+    async def commit_all(self) -> int:
+        """Upload every dirty file (unmount, SIGTERM); returns how many could not be."""
+        failed = await self.files.commit_all(self.table.all())
+        for inode, exc in failed:
+            log.error("could not upload %s: %s", self.table.key(inode), exc)
+        return len(failed)

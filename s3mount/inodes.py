@@ -1,0 +1,151 @@
+"""Inode records and the parent/children index.
+
+`InodeTable` owns every `Inode`: only its methods change the index, and none of them awaits, so each
+is atomic under trio.  Callers fetch remote data first, then apply it in one synchronous call.
+
+An inode's key is not stored: it is the chain of names up to the root, so renaming a directory
+re-keys every cached descendant at once.  Identity is immutable: when an object turns from file to
+directory (or symlink) it gets a new inode; attributes expire after the metadata TTL.
+"""
+
+from __future__ import annotations
+
+import stat
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+ROOT_INODE = 1
+
+
+@dataclass
+class Inode:
+    ino: int
+    parent: int
+    name: str
+    mode: int  # full st_mode; the type bits never change for an inode
+    uid: int
+    gid: int
+    size: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    etag: str | None = None  # the bucket version our view is based on; None: not in the bucket
+    meta_known: bool = True  # False: attributes came from a listing, without user metadata
+    fetched_at: float = 0.0  # monotonic time the bucket last confirmed these attributes
+    has_marker: bool = False  # directories: a `dir/` marker object exists
+    target: str | None = None  # symlinks
+    lookups: int = 0
+    opens: int = 0
+    unlinked: bool = False
+    staged: Any = None  # staging.StagedFile while the data is staged locally
+    kernel_etag: str | None = None  # version whose pages the kernel may still cache
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> int:
+        return stat.S_IFMT(self.mode)
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == stat.S_IFDIR
+
+    @property
+    def dirty(self) -> bool:
+        return self.staged is not None and self.staged.dirty
+
+    @property
+    def local_only(self) -> bool:
+        """Created here and not yet in the bucket."""
+        return self.etag is None and not self.is_dir
+
+    def fresh(self, ttl: float) -> bool:
+        return time.monotonic() - self.fetched_at < ttl
+
+
+class InodeTable:
+    def __init__(self, uid: int, gid: int, dir_mode: int) -> None:
+        now = time.time_ns()
+        root = Inode(ROOT_INODE, ROOT_INODE, "", stat.S_IFDIR | dir_mode, uid, gid,
+                     mtime_ns=now, ctime_ns=now, lookups=1, etag="")
+        self._inodes: dict[int, Inode] = {ROOT_INODE: root}
+        self._children: dict[int, dict[str, int]] = {ROOT_INODE: {}}
+        self._next = ROOT_INODE + 1
+
+    def __len__(self) -> int:
+        return len(self._inodes)
+
+    def get(self, ino: int) -> Inode | None:
+        return self._inodes.get(ino)
+
+    def all(self) -> list[Inode]:
+        return list(self._inodes.values())
+
+    def key(self, inode: Inode) -> str:
+        """The object key (relative to the mount's prefix) an inode stands for."""
+        parts: list[str] = []
+        while inode.ino != ROOT_INODE:
+            parts.append(inode.name)
+            inode = self._inodes[inode.parent]
+        return "/".join(reversed(parts))
+
+    def child(self, parent: int, name: str) -> Inode | None:
+        ino = self._children.get(parent, {}).get(name)
+        return self._inodes[ino] if ino is not None else None
+
+    def children(self, parent: int) -> list[Inode]:
+        return [self._inodes[i] for i in self._children.get(parent, {}).values()]
+
+    def add(self, parent: int, name: str, mode: int, uid: int, gid: int, **attrs: Any) -> Inode:
+        """A new inode at `parent/name`, replacing (unlinking) whatever was there."""
+        old = self.child(parent, name)
+        if old is not None:
+            self.detach(old)
+        inode = Inode(self._next, parent, name, mode, uid, gid, **attrs)
+        self._next += 1
+        self._inodes[inode.ino] = inode
+        self._children.setdefault(parent, {})[name] = inode.ino
+        if inode.is_dir:
+            self._children.setdefault(inode.ino, {})
+        return inode
+
+    def detach(self, inode: Inode) -> None:
+        """Take an inode out of the namespace; it lives on while looked up or open."""
+        siblings = self._children.get(inode.parent, {})
+        if siblings.get(inode.name) == inode.ino:
+            del siblings[inode.name]
+        inode.unlinked = True
+        self._drop_if_unused(inode)
+
+    def move(self, inode: Inode, new_parent: int, new_name: str) -> None:
+        """Re-link an inode under a new parent and name, unlinking what was there."""
+        old = self.child(new_parent, new_name)
+        if old is not None and old is not inode:
+            self.detach(old)
+        siblings = self._children.get(inode.parent, {})
+        if siblings.get(inode.name) == inode.ino:
+            del siblings[inode.name]
+        inode.parent, inode.name = new_parent, new_name
+        self._children.setdefault(new_parent, {})[new_name] = inode.ino
+
+    def forget(self, ino: int, count: int) -> None:
+        inode = self._inodes.get(ino)
+        if inode is None or ino == ROOT_INODE:
+            return
+        inode.lookups = max(0, inode.lookups - count)
+        self._drop_if_unused(inode)
+
+    def _drop_if_unused(self, inode: Inode) -> None:
+        if inode.ino == ROOT_INODE or inode.lookups > 0 or inode.opens > 0:
+            return
+        if not inode.unlinked and (inode.dirty or self._children.get(inode.ino)):
+            return  # dirty data, or cached children that still name this parent
+        if not inode.unlinked:
+            siblings = self._children.get(inode.parent, {})
+            if siblings.get(inode.name) == inode.ino:
+                del siblings[inode.name]
+        self._inodes.pop(inode.ino, None)
+        self._children.pop(inode.ino, None)
+
+    def settle(self, inode: Inode) -> None:
+        """Drop an inode nobody needs any more (after a close or a forget)."""
+        self._drop_if_unused(inode)

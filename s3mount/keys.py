@@ -1,0 +1,62 @@
+"""Names and keys: which S3 keys can be POSIX names, and which names S3 can hold.
+
+A mount of `BUCKET:PREFIX` sees key `PREFIX` + `a/b/c` as file `c` in directory `a/b`.  Inside the
+filesystem a key is always relative to the prefix; `s3.py` adds and strips the prefix.
+"""
+
+from __future__ import annotations
+
+from s3mount.errors import InvalidName, NameTooLong
+
+NAME_MAX = 255
+KEY_MAX = 1024  # S3's limit on a key, in UTF-8 bytes
+
+
+def decode_name(raw: bytes) -> str:
+    """Turn a name from the kernel into a key segment, or raise the errno S3's rules call for."""
+    if len(raw) > NAME_MAX:
+        raise NameTooLong(f"name is {len(raw)} bytes, the limit is {NAME_MAX}")
+    if raw in (b".", b"..") or not raw or b"/" in raw or b"\0" in raw:
+        raise InvalidName(f"{raw!r} cannot be a name")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidName(f"{raw!r} is not UTF-8, and S3 keys are UTF-8") from None
+
+
+def is_posix_segment(segment: str) -> bool:
+    """Whether a key segment can be shown as a name in a listing."""
+    return (
+        segment not in ("", ".", "..")
+        and "\0" not in segment
+        and len(segment.encode("utf-8", "surrogatepass")) <= NAME_MAX
+    )
+
+
+def join(dir_key: str, name: str) -> str:
+    """Key of `name` inside the directory whose key is `dir_key` ("" for the root)."""
+    return f"{dir_key}/{name}" if dir_key else name
+
+
+def check_key_length(key: str, prefix: str) -> None:
+    full = len(prefix.encode()) + len(key.encode()) + 1  # +1: room for a directory marker's "/"
+    if full > KEY_MAX:
+        raise NameTooLong(f"the key would be {full} bytes, S3's limit is {KEY_MAX}")
+
+
+def dir_prefix(dir_key: str) -> str:
+    """Listing prefix of a directory: "" for the root, else `key/`."""
+    return f"{dir_key}/" if dir_key else ""
+
+
+def split_listing_name(prefix: str, key: str) -> str | None:
+    """The entry name `key` gives in the listing of `prefix`, or None if it is not a POSIX name.
+
+    Works for both objects (`prefix + name`) and common prefixes (`prefix + name + "/"`).
+    """
+    rest = key[len(prefix):]
+    if rest.endswith("/"):
+        rest = rest[:-1]
+    if not is_posix_segment(rest) or "/" in rest:
+        return None
+    return rest

@@ -1,0 +1,217 @@
+"""The bucket seen as a tree: lookups, listings and the negative cache, applied to `InodeTable`.
+
+A name is a directory when a `key/` marker exists or listing `key/` finds anything; a directory
+shadows an object of the same name.  A lookup asks both questions at once (HEAD of the key, HEAD of
+the marker, a one-key LIST), then applies the answer in one synchronous step.  Local state wins:
+an inode with staged (dirty or not yet uploaded) data is never overwritten by what the bucket says.
+Names S3 holds but POSIX cannot (`a//b`, `.`, `..`, over 255 bytes) are left out of listings.
+"""
+
+from __future__ import annotations
+
+import stat
+import time
+from dataclasses import dataclass
+
+import cachetools
+import trio
+
+from s3mount.config import MountConfig
+from s3mount.errors import NotFound
+from s3mount.inodes import Inode, InodeTable
+from s3mount.keys import dir_prefix, join, split_listing_name
+from s3mount.store import ObjectInfo, ObjectStore, decode_attrs, is_symlink_meta
+
+
+@dataclass
+class Probe:
+    obj: ObjectInfo | None
+    marker: ObjectInfo | None
+    has_children: bool
+
+
+class Namespace:
+    def __init__(self, table: InodeTable, store: ObjectStore, config: MountConfig) -> None:
+        self.table = table
+        self.store = store
+        self.config = config
+        ttl = config.metadata_ttl
+        self._negative: cachetools.TTLCache | None = (
+            cachetools.TTLCache(maxsize=65536, ttl=ttl, timer=time.monotonic) if ttl > 0 else None)
+
+    def key(self, inode: Inode) -> str:
+        return self.table.key(inode)
+
+    # -- attributes ----------------------------------------------------------------------------
+
+    def refresh_from(self, inode: Inode, info: ObjectInfo | None, kind: int) -> None:
+        """Apply what the bucket says of an inode's object (None: a directory without marker)."""
+        inode.fetched_at = time.monotonic()
+        if info is None:
+            return
+        if inode.staged is not None and inode.staged.dirty:
+            return
+        perm = self.config.dir_mode if kind == stat.S_IFDIR else self.config.file_mode
+        attrs = decode_attrs(info, kind, perm, self.config.uid, self.config.gid)
+        if kind != stat.S_IFDIR:
+            if inode.etag != info.etag:
+                inode.target = None
+            inode.size = info.size
+            inode.etag = info.etag
+        else:
+            inode.has_marker = True
+        inode.mode, inode.uid, inode.gid = attrs.mode, attrs.uid, attrs.gid
+        inode.mtime_ns = inode.ctime_ns = attrs.mtime_ns
+        inode.meta_known = info.metadata is not None
+
+    def new_child(self, parent: Inode, name: str, kind: int, info: ObjectInfo | None) -> Inode:
+        perm = self.config.dir_mode if kind == stat.S_IFDIR else self.config.file_mode
+        now = time.time_ns()
+        inode = self.table.add(parent.ino, name, kind | perm, self.config.uid, self.config.gid,
+                               mtime_ns=now, ctime_ns=now, meta_known=info is not None,
+                               etag="" if kind == stat.S_IFDIR else None)
+        self.refresh_from(inode, info, kind)
+        return inode
+
+    # -- lookup --------------------------------------------------------------------------------
+
+    async def probe(self, key: str) -> Probe:
+        result = Probe(None, None, False)
+
+        async def head_object() -> None:
+            result.obj = await self.store.head(key)
+
+        async def head_marker() -> None:
+            result.marker = await self.store.head(key + "/")
+
+        async def list_children() -> None:
+            page = await self.store.list_page(key + "/", "/", max_keys=2)
+            result.has_children = any(o.key != key + "/" for o in page.objects) or bool(
+                page.prefixes)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(head_object)
+            nursery.start_soon(head_marker)
+            nursery.start_soon(list_children)
+        return result
+
+    async def lookup(self, parent: Inode, name: str) -> Inode:
+        """The inode at `parent/name`, asking the bucket when the cached answer is too old."""
+        child = self.table.child(parent.ino, name)
+        ttl = self.config.metadata_ttl
+        if child is not None and (child.fresh(ttl) or child.staged is not None
+                                  or child.local_only or child.opens):
+            return child
+        if child is None and self._negative is not None and (parent.ino, name) in self._negative:
+            raise NotFound(name)
+        key = join(self.key(parent), name)
+        found = await self.probe(key)
+        return self.apply_probe(parent, name, found)
+
+    def apply_probe(self, parent: Inode, name: str, found: Probe) -> Inode:
+        child = self.table.child(parent.ino, name)
+        if child is not None and (child.staged is not None or child.local_only):
+            return child  # created or changed here since the probe began
+        if found.marker is not None or found.has_children:
+            kind, info = stat.S_IFDIR, found.marker
+        elif found.obj is not None:
+            kind = stat.S_IFLNK if is_symlink_meta(found.obj.metadata) else stat.S_IFREG
+            info = found.obj
+        else:
+            if child is not None:
+                self.table.detach(child)
+            if self._negative is not None:
+                self._negative[(parent.ino, name)] = True
+            raise NotFound(name)
+        if child is not None and child.kind == kind:
+            self.refresh_from(child, info, kind)
+            return child
+        return self.new_child(parent, name, kind, info)
+
+    async def revalidate(self, inode: Inode) -> None:
+        """Refresh an inode's attributes from the bucket; NotFound when its object is gone."""
+        key = self.key(inode)
+        if inode.is_dir:
+            marker = (await self.store.head(key + "/")
+                      if inode.has_marker or not inode.meta_known else None)
+            self.refresh_from(inode, marker, stat.S_IFDIR)
+            inode.meta_known = True
+            return
+        info = await self.store.head(key)
+        if info is None:
+            raise NotFound(key)
+        self.refresh_from(inode, info, inode.kind)
+
+    def forget_negative(self, parent: Inode, name: str) -> None:
+        if self._negative is not None:
+            self._negative.pop((parent.ino, name), None)
+
+    # -- listing -------------------------------------------------------------------------------
+
+    async def list_dir(self, directory: Inode) -> list[tuple[str, Inode]]:
+        """All entries of a directory: the bucket's listing merged with local-only children."""
+        prefix = dir_prefix(self.key(directory))
+        started = time.monotonic()
+        files: dict[str, ObjectInfo] = {}
+        dirs: set[str] = set()
+        token: str | None = None
+        while True:
+            page = await self.store.list_page(prefix, "/", token)
+            for obj in page.objects:
+                name = split_listing_name(prefix, obj.key)
+                if name is not None and not obj.key.endswith("/"):
+                    files[name] = obj
+            for sub in page.prefixes:
+                name = split_listing_name(prefix, sub)
+                if name is not None:
+                    dirs.add(name)
+            token = page.next_token
+            if token is None:
+                break
+        return self._merge_listing(directory, files, dirs, started)
+
+    def _merge_listing(self, directory: Inode, files: dict[str, ObjectInfo], dirs: set[str],
+                       started: float) -> list[tuple[str, Inode]]:
+        entries: dict[str, Inode] = {}
+        for name in dirs:
+            child = self.table.child(directory.ino, name)
+            if child is None or not child.is_dir:
+                if child is not None and (child.staged is not None or child.local_only):
+                    entries[name] = child
+                    continue
+                child = self.new_child(directory, name, stat.S_IFDIR, None)
+                child.meta_known = False
+            entries[name] = child
+        for name, obj in files.items():
+            if name in dirs:
+                continue
+            child = self.table.child(directory.ino, name)
+            if child is not None and (child.staged is not None or child.local_only
+                                      or (child.etag == obj.etag and not child.is_dir)):
+                entries[name] = child
+                continue
+            if child is not None and child.kind == stat.S_IFREG:
+                child.size, child.etag, child.meta_known = obj.size, obj.etag, False
+                child.mtime_ns = int(obj.mtime * 1e9)
+                child.fetched_at = time.monotonic()
+            else:
+                child = self.new_child(directory, name, stat.S_IFREG, None)
+                child.size, child.etag = obj.size, obj.etag
+                child.mtime_ns = child.ctime_ns = int(obj.mtime * 1e9)
+            entries[name] = child
+        for child in self.table.children(directory.ino):
+            if child.name in entries:
+                continue
+            if child.staged is not None or child.local_only or child.fetched_at > started:
+                entries[child.name] = child
+            else:
+                self.table.detach(child)  # deleted in the bucket by someone else
+        return sorted(entries.items())
+
+    async def is_empty(self, directory: Inode) -> bool:
+        if self.table.children(directory.ino) and any(
+                c.local_only or c.staged is not None for c in self.table.children(directory.ino)):
+            return False
+        prefix = dir_prefix(self.key(directory))
+        page = await self.store.list_page(prefix, "/", max_keys=2)
+        return not page.prefixes and all(o.key == prefix for o in page.objects)

@@ -1,0 +1,272 @@
+"""`ObjectStore` over boto3: the only module that imports boto3 or botocore.
+
+One client, built once on the main thread and shared by the worker threads (boto3 clients are
+thread-safe; resources are not).  Every call runs through `run_blocking` on the `s3` limiter, which
+matches botocore's connection pool.  Retries and timeouts are botocore's own, bounded by the config;
+after them a call fails with an `FsError` from the one table below (`map_client_error`).
+Keys given to and returned by this class are relative to the mount's prefix.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import boto3
+import botocore.handlers
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProfileNotFound,
+)
+
+from s3mount import errors
+from s3mount.blocking import run_blocking
+from s3mount.config import MountConfig
+from s3mount.store import ListPage, ObjectInfo
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_VERSIONS = {"v4": "s3v4", "v2": "s3"}
+MAX_COPY_OBJECT = 5 * 1024**3  # CopyObject's limit; larger copies go multipart
+
+# S3 error code (or HTTP status) -> the FsError it becomes.  The one table.
+ERROR_TABLE: dict[str, type[errors.FsError]] = {
+    "NoSuchKey": errors.NotFound,
+    "404": errors.NotFound,
+    "NotFound": errors.NotFound,
+    "NoSuchBucket": errors.NotFound,
+    "NoSuchUpload": errors.NotFound,
+    "AccessDenied": errors.AccessDenied,
+    "403": errors.AccessDenied,
+    "Forbidden": errors.AccessDenied,
+    "InvalidAccessKeyId": errors.AccessDenied,
+    "SignatureDoesNotMatch": errors.AccessDenied,
+    "RequestTimeTooSkewed": errors.AccessDenied,
+    "PreconditionFailed": errors.Stale,
+    "412": errors.Stale,
+    "KeyTooLongError": errors.NameTooLong,
+    "EntityTooLarge": errors.FileTooBig,
+    "InvalidRange": errors.InvalidArgument,
+    "InvalidArgument": errors.InvalidArgument,
+}
+
+
+def map_client_error(exc: Exception, what: str) -> errors.FsError:
+    """Turn any botocore failure into the FsError its code calls for (EIO when unknown)."""
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        cls = ERROR_TABLE.get(code) or ERROR_TABLE.get(status) or errors.RemoteIO
+        return cls(f"{what}: {code or status} {err.get('Message', '')}".strip())
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+        return errors.AccessDenied(f"{what}: no usable credentials ({exc})")
+    if isinstance(exc, (EndpointConnectionError, ConnectionError)):
+        return errors.RemoteIO(f"{what}: cannot reach the endpoint ({exc})")
+    if isinstance(exc, BotoCoreError):
+        return errors.RemoteIO(f"{what}: {exc}")
+    raise exc
+
+
+def build_client(config: MountConfig) -> Any:
+    """The boto3 client for a mount: addressing, signature, bounded retries and timeouts."""
+    try:
+        session = boto3.session.Session(profile_name=config.profile)
+    except ProfileNotFound as exc:
+        raise errors.ConfigError(f"profile not found: {exc}") from None
+    botocore_config = Config(
+        signature_version=SIGNATURE_VERSIONS[config.signature_version],
+        s3={"addressing_style": config.addressing_style},
+        retries={"max_attempts": config.max_attempts, "mode": "standard"},
+        connect_timeout=config.connect_timeout,
+        read_timeout=config.read_timeout,
+        max_pool_connections=config.max_concurrency,
+        # Many S3-compatible services reject the CRC headers newer botocore adds by default.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    client = session.client("s3", endpoint_url=config.endpoint_url, region_name=config.region,
+                            config=botocore_config)
+    # "Expect: 100-continue" costs every upload a second round trip; S3 does not need it.
+    client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
+    return client
+
+
+def _etag(response: dict[str, Any]) -> str:
+    return str(response.get("ETag", "")).strip('"')
+
+
+class S3Store:
+    """An S3 bucket, or a prefix of one, as an `ObjectStore`."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str, limiter: Any) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+        self.limiter = limiter
+        self.transfer_config = TransferConfig(multipart_threshold=MAX_COPY_OBJECT,
+                                              max_concurrency=4)
+
+    async def _call(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        try:
+            return await run_blocking(self.limiter, fn, **kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise map_client_error(exc, what) from None
+
+    def _full(self, key: str) -> str:
+        return self.prefix + key
+
+    async def check(self) -> None:
+        """Fail with an FsError when the bucket is missing, forbidden or unreachable."""
+        await self._call(f"bucket {self.bucket}", self.client.head_bucket, Bucket=self.bucket)
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        try:
+            resp = await self._call(f"HEAD {key}", self.client.head_object,
+                                    Bucket=self.bucket, Key=self._full(key))
+        except errors.NotFound:
+            return None
+        return ObjectInfo(key, int(resp["ContentLength"]), _etag(resp),
+                          resp["LastModified"].timestamp(), dict(resp.get("Metadata", {})))
+
+    async def list_page(self, prefix: str, delimiter: str | None, token: str | None = None,
+                        max_keys: int = 1000) -> ListPage:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._full(prefix),
+                                  "MaxKeys": max_keys}
+        if delimiter:
+            kwargs["Delimiter"] = delimiter
+        if token:
+            kwargs["ContinuationToken"] = token
+        resp = await self._call(f"LIST {prefix}", self.client.list_objects_v2, **kwargs)
+        cut = len(self.prefix)
+        objects = [ObjectInfo(o["Key"][cut:], int(o["Size"]), _etag(o),
+                              o["LastModified"].timestamp(), None)
+                   for o in resp.get("Contents", [])]
+        prefixes = [p["Prefix"][cut:] for p in resp.get("CommonPrefixes", [])]
+        next_token = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
+        return ListPage(objects, prefixes, next_token)
+
+    async def get_range(self, key: str, start: int, end: int, etag: str | None) -> bytes:
+        """Bytes [start, end) of the object; `Stale` when it no longer has `etag`."""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key),
+                                  "Range": f"bytes={start}-{end - 1}"}
+        if etag:
+            kwargs["IfMatch"] = f'"{etag}"'
+
+        def fetch() -> bytes:
+            resp = self.client.get_object(**kwargs)
+            with resp["Body"] as body:
+                return body.read()
+
+        return await self._call(f"GET {key}", fetch)
+
+    async def put(self, key: str, body: bytes, metadata: dict[str, str],
+                  content_type: str | None = None) -> str:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key), "Body": body,
+                                  "Metadata": metadata}
+        if content_type:
+            kwargs["ContentType"] = content_type
+        return _etag(await self._call(f"PUT {key}", self.client.put_object, **kwargs))
+
+    async def put_file(self, key: str, path: str, size: int, metadata: dict[str, str]) -> str:
+        def upload() -> dict[str, Any]:
+            with open(path, "rb") as f:
+                body = f.read(size)
+            return self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=body,
+                                          Metadata=metadata)
+
+        return _etag(await self._call(f"PUT {key}", upload))
+
+    async def copy(self, src: str, dst: str, size: int, metadata: dict[str, str] | None) -> str:
+        """Server-side copy; `metadata` replaces the source's when given."""
+        source = {"Bucket": self.bucket, "Key": self._full(src)}
+        extra: dict[str, Any] = {}
+        if metadata is not None:
+            extra = {"Metadata": metadata, "MetadataDirective": "REPLACE"}
+        if size < MAX_COPY_OBJECT:
+            resp = await self._call(f"COPY {src} -> {dst}", self.client.copy_object,
+                                    CopySource=source, Bucket=self.bucket, Key=self._full(dst),
+                                    **extra)
+            return _etag(resp.get("CopyObjectResult", {}))
+        # boto3's managed copy does the multipart copy over 5 GiB.
+        await self._call(f"COPY {src} -> {dst}", self.client.copy, CopySource=source,
+                         Bucket=self.bucket, Key=self._full(dst), ExtraArgs=extra or None,
+                         Config=self.transfer_config)
+        info = await self.head(dst)
+        return info.etag if info else ""
+
+    async def delete(self, key: str) -> None:
+        await self._call(f"DELETE {key}", self.client.delete_object, Bucket=self.bucket,
+                         Key=self._full(key))
+
+    async def delete_many(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": self._full(k)} for k in keys[start:start + 1000]]
+            resp = await self._call("DELETE (batch)", self.client.delete_objects,
+                                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            failed = resp.get("Errors") or []
+            if failed:
+                raise errors.RemoteIO(f"could not delete {len(failed)} keys, first: {failed[0]}")
+
+    async def create_multipart(self, key: str, metadata: dict[str, str]) -> str:
+        resp = await self._call(f"CREATE-MPU {key}", self.client.create_multipart_upload,
+                                Bucket=self.bucket, Key=self._full(key), Metadata=metadata)
+        return str(resp["UploadId"])
+
+    async def upload_part(self, key: str, upload_id: str, number: int, path: str, offset: int,
+                          length: int) -> str:
+        def upload() -> dict[str, Any]:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                body = f.read(length)
+            return self.client.upload_part(Bucket=self.bucket, Key=self._full(key),
+                                           UploadId=upload_id, PartNumber=number, Body=body)
+
+        return _etag(await self._call(f"PART {number} of {key}", upload))
+
+    async def complete_multipart(self, key: str, upload_id: str,
+                                 parts: list[tuple[int, str]]) -> str:
+        listing = [{"PartNumber": n, "ETag": f'"{e}"'} for n, e in sorted(parts)]
+        resp = await self._call(f"COMPLETE-MPU {key}", self.client.complete_multipart_upload,
+                                Bucket=self.bucket, Key=self._full(key), UploadId=upload_id,
+                                MultipartUpload={"Parts": listing})
+        return _etag(resp)
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        await self._call(f"ABORT-MPU {key}", self.client.abort_multipart_upload,
+                         Bucket=self.bucket, Key=self._full(key), UploadId=upload_id)
+
+
+def check_bucket(client: Any, config: MountConfig) -> None:
+    """Start-up check of endpoint, credentials and bucket, as one clear `ConfigError` line."""
+    where = config.endpoint_url or "AWS"
+    try:
+        client.head_bucket(Bucket=config.bucket)
+    except (NoCredentialsError, PartialCredentialsError):
+        raise errors.ConfigError(
+            "no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+            "use ~/.aws/credentials, or name a profile with --profile") from None
+    except (EndpointConnectionError, ConnectionError) as exc:
+        raise errors.ConfigError(f"cannot reach the endpoint {where}: {exc}") from None
+    except ClientError as exc:
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = exc.response.get("Error", {}).get("Code", "")
+        if status == 404 or code in ("NoSuchBucket", "404", "NotFound"):
+            raise errors.ConfigError(
+                f"bucket {config.bucket!r} does not exist at {where}") from None
+        if status == 403 or code in ("AccessDenied", "403", "InvalidAccessKeyId",
+                                     "SignatureDoesNotMatch"):
+            raise errors.ConfigError(
+                f"access denied to bucket {config.bucket!r} at {where}: check the access key, "
+                "secret key, profile and signature version") from None
+        raise errors.ConfigError(f"bucket {config.bucket!r} at {where}: {code} {exc}") from None
+    except BotoCoreError as exc:
+        raise errors.ConfigError(f"cannot use the endpoint {where}: {exc}") from None

@@ -1,0 +1,116 @@
+"""Dirty data of one file, staged in a sparse local file under the cache directory.
+
+A staged file is a sparse file plus the extents it holds for sure (`present`).  A byte below
+`base_valid` that is not present still lives only in the bucket's version `base_etag`; every other
+byte is in the local file (holes read as zeros).  `base_valid` only ever shrinks (truncate), so a
+byte once cut off is never read back from the old object.
+
+All methods here block on the local disk: call them through `run_blocking` on the `disk` limiter.
+The file's owner (`fs.py`) serialises mutations per inode.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+Extent = tuple[int, int]  # [start, end)
+
+
+def add_extent(extents: list[Extent], start: int, end: int) -> list[Extent]:
+    """Merge [start, end) into a sorted list of disjoint extents."""
+    if start >= end:
+        return extents
+    merged: list[Extent] = []
+    for s, e in extents:
+        if e < start or s > end:
+            merged.append((s, e))
+        else:
+            start, end = min(s, start), max(e, end)
+    merged.append((start, end))
+    merged.sort()
+    return merged
+
+
+def clip_extents(extents: list[Extent], limit: int) -> list[Extent]:
+    return [(s, min(e, limit)) for s, e in extents if s < limit]
+
+
+def missing_ranges(extents: list[Extent], start: int, end: int) -> list[Extent]:
+    """The parts of [start, end) no extent covers."""
+    gaps: list[Extent] = []
+    pos = start
+    for s, e in extents:
+        if e <= pos:
+            continue
+        if s >= end:
+            break
+        if s > pos:
+            gaps.append((pos, s))
+        pos = max(pos, e)
+        if pos >= end:
+            break
+    if pos < end:
+        gaps.append((pos, end))
+    return gaps
+
+
+class StagedFile:
+    """One file's local copy: written ranges plus a lazily fetched base object."""
+
+    def __init__(self, directory: Path, size: int, base_etag: str | None) -> None:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path = str(directory / f"{uuid.uuid4().hex}.data")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self.fd = fd
+        os.ftruncate(fd, size)
+        self.size = size
+        self.base_etag = base_etag
+        self.base_valid = size if base_etag is not None else 0
+        self.present: list[Extent] = []
+        self.dirty = False
+
+    def write(self, offset: int, data: bytes) -> int:
+        written = os.pwrite(self.fd, data, offset)
+        end = offset + written
+        self.present = add_extent(self.present, offset, end)
+        if end > self.size:
+            self.size = end
+        self.dirty = True
+        return written
+
+    def fill(self, offset: int, data: bytes) -> None:
+        """Store base-object bytes fetched for a range that was missing (does not dirty)."""
+        gaps = missing_ranges(self.present, offset, offset + len(data))
+        for s, e in gaps:  # never overwrite bytes written since the fetch began
+            os.pwrite(self.fd, data[s - offset:e - offset], s)
+            self.present = add_extent(self.present, s, e)
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self.fd, size)
+        if size < self.size:
+            self.present = clip_extents(self.present, size)
+            self.base_valid = min(self.base_valid, size)
+        else:
+            self.present = add_extent(self.present, self.size, size)
+        self.size = size
+        self.dirty = True
+
+    def remote_gaps(self, start: int, end: int) -> list[Extent]:
+        """Ranges of [start, end) that must still come from the base object."""
+        end = min(end, self.base_valid)
+        return missing_ranges(self.present, start, end) if start < end else []
+
+    def read(self, offset: int, size: int) -> bytes:
+        size = max(0, min(size, self.size - offset))
+        return os.pread(self.fd, size, offset) if size else b""
+
+    def close(self) -> None:
+        try:
+            os.close(self.fd)
+        finally:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass

@@ -1,0 +1,108 @@
+"""The object-store contract the filesystem is written against, and how POSIX attributes ride on
+objects.
+
+`fs.py` and everything below it depend on `ObjectStore`, never on boto3: `s3.py` implements it over
+boto3, and tests may implement it in memory.  Keys are relative to the mount's prefix.
+
+Attributes are stored the way s3fs-fuse stores them, so both tools read each other's buckets:
+user metadata `mode` (decimal `st_mode`, type bits included), `uid`, `gid`, `mtime`.
+"""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass
+from typing import Protocol
+
+DIRECTORY_CONTENT_TYPE = "application/x-directory"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str
+    mtime: float  # LastModified, seconds since the epoch
+    metadata: dict[str, str] | None  # None: not known (listings carry no user metadata)
+
+
+@dataclass(frozen=True)
+class ListPage:
+    objects: list[ObjectInfo]
+    prefixes: list[str]  # common prefixes, each ending with the delimiter
+    next_token: str | None
+
+
+class ObjectStore(Protocol):
+    async def check(self) -> None: ...
+    async def head(self, key: str) -> ObjectInfo | None: ...
+    async def list_page(self, prefix: str, delimiter: str | None, token: str | None = None,
+                        max_keys: int = 1000) -> ListPage: ...
+    async def get_range(self, key: str, start: int, end: int, etag: str | None) -> bytes: ...
+    async def put(self, key: str, body: bytes, metadata: dict[str, str],
+                  content_type: str | None = None) -> str: ...
+    async def put_file(self, key: str, path: str, size: int, metadata: dict[str, str]) -> str: ...
+    async def copy(self, src: str, dst: str, size: int,
+                   metadata: dict[str, str] | None) -> str: ...
+    async def delete(self, key: str) -> None: ...
+    async def delete_many(self, keys: list[str]) -> None: ...
+    async def create_multipart(self, key: str, metadata: dict[str, str]) -> str: ...
+    async def upload_part(self, key: str, upload_id: str, number: int, path: str, offset: int,
+                          length: int) -> str: ...
+    async def complete_multipart(self, key: str, upload_id: str,
+                                 parts: list[tuple[int, str]]) -> str: ...
+    async def abort_multipart(self, key: str, upload_id: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class PosixAttrs:
+    mode: int  # full st_mode, type bits included
+    uid: int
+    gid: int
+    mtime_ns: int
+
+
+def encode_attrs(attrs: PosixAttrs) -> dict[str, str]:
+    """User metadata for an object, in s3fs-fuse's format (mtime as `sec.nnnnnnnnn`)."""
+    sec, nsec = divmod(attrs.mtime_ns, 1_000_000_000)
+    return {
+        "mode": str(attrs.mode),
+        "uid": str(attrs.uid),
+        "gid": str(attrs.gid),
+        "mtime": f"{sec}.{nsec:09d}",
+    }
+
+
+def parse_mtime_ns(text: str) -> int | None:
+    """Read all the mtime forms in the wild: whole seconds, float seconds, `sec.nnnnnnnnn`."""
+    text = text.strip()
+    whole, _, frac = text.partition(".")
+    if not whole.lstrip("-").isdigit() or (frac and not frac.isdigit()):
+        return None
+    nsec = int((frac + "000000000")[:9]) if frac else 0
+    return int(whole) * 1_000_000_000 + nsec
+
+
+def _int_or(text: str | None, default: int) -> int:
+    try:
+        return int(text) if text is not None else default
+    except ValueError:
+        return default
+
+
+def decode_attrs(info: ObjectInfo, kind_bits: int, default_perm: int, uid: int, gid: int,
+                 ) -> PosixAttrs:
+    """Attributes of an object, from its metadata where present and sane, else the defaults."""
+    meta = info.metadata or {}
+    mode = _int_or(meta.get("mode"), 0)
+    if stat.S_IFMT(mode) != kind_bits:
+        # No mode, or one for another kind of object: keep the kind we decided, default bits.
+        mode = kind_bits | (stat.S_IMODE(mode) if mode and stat.S_IFMT(mode) == 0 else default_perm)
+    mtime_ns = parse_mtime_ns(meta["mtime"]) if "mtime" in meta else None
+    if mtime_ns is None:
+        mtime_ns = int(info.mtime * 1_000_000_000)
+    return PosixAttrs(mode, _int_or(meta.get("uid"), uid), _int_or(meta.get("gid"), gid), mtime_ns)
+
+
+def is_symlink_meta(metadata: dict[str, str] | None) -> bool:
+    return bool(metadata) and stat.S_ISLNK(_int_or(metadata.get("mode"), 0))

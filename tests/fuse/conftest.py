@@ -1,0 +1,47 @@
+"""FUSE-tier fixtures: a mount of the test's bucket through the real CLI and kernel FUSE.
+
+After each test the mount's log must hold no WARNING/ERROR line unless the test expected it
+(`mounted.expected_problems`), and the mount must come down cleanly.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from helpers import Mount, is_mounted
+
+if not os.path.exists("/dev/fuse"):
+    pytest.skip("no /dev/fuse on this machine", allow_module_level=True)
+
+
+@pytest.fixture
+def make_mount(s3_server, tmp_path):
+    mounts: list[Mount] = []
+
+    def make(source: str, *extra: str, name: str = "mnt") -> Mount:
+        m = Mount(s3_server.endpoint, source, tmp_path / name, tmp_path / f"{name}-cache",
+                  list(extra))
+        m.expected_problems = []  # type: ignore[attr-defined]
+        m.start()
+        mounts.append(m)
+        return m
+
+    yield make
+    failures = []
+    for m in mounts:
+        try:
+            m.stop()
+        except Exception as exc:  # noqa: BLE001
+            failures.append(str(exc))
+        unexpected = [p for p in m.problems()
+                      if not any(e in p for e in m.expected_problems)]  # type: ignore
+        if unexpected:
+            failures.append(f"unexpected log lines in {m.path}: {unexpected[:5]}")
+        assert not is_mounted(m.path)
+    assert not failures, failures
+
+
+@pytest.fixture
+def mounted(make_mount, bucket):
+    return make_mount(bucket)
