@@ -29,3 +29,19 @@ async def run_blocking(limiter: trio.CapacityLimiter, fn: Callable[..., T], *arg
     """Run `fn(*args, **kwargs)` in a worker thread bounded by `limiter`."""
     call = functools.partial(fn, *args, **kwargs) if kwargs else functools.partial(fn, *args)
     return await trio.to_thread.run_sync(call, limiter=limiter)
+
+
+class Background:
+    """Where optional background work (read-ahead) is started: the mount's long-lived nursery.
+
+    Until a nursery is attached, background work is simply skipped; nothing depends on it.
+    """
+
+    def __init__(self) -> None:
+        self.nursery: trio.Nursery | None = None
+
+    def start(self, fn: Callable[..., Any], *args: Any) -> bool:
+        if self.nursery is None:
+            return False
+        self.nursery.start_soon(fn, *args)
+        return True

@@ -56,6 +56,15 @@ def positive(kind: type) -> Any:
     return parse
 
 
+def size_arg(text: str) -> int:
+    """A byte count with an optional K/M/G/T suffix (powers of 1024)."""
+    match = re.fullmatch(r"(\d+)([KMGT]?)i?B?", text.strip(), re.IGNORECASE)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 512M or 10G")
+    power = "KMGT".find(match.group(2).upper()) + 1 if match.group(2) else 0
+    return int(match.group(1)) * 1024**power
+
+
 def build_parser() -> Parser:
     p = Parser(prog="s3mount", description="Mount an S3 bucket, or a prefix of one, as a "
                "directory.  Credentials come from boto3's usual chain: environment variables, "
@@ -82,6 +91,11 @@ def build_parser() -> Parser:
                    help="seconds attributes and names are trusted before asking S3 again")
     p.add_argument("--max-concurrency", type=positive(int), default=10,
                    help="parallel requests to S3")
+    p.add_argument("--cache-size", type=size_arg, default=None,
+                   help="bytes of clean blocks kept on disk, e.g. 2G (default: the smaller of "
+                   "10G and a quarter of the free space)")
+    p.add_argument("--max-readahead", type=size_arg, default=64 * 1024 * 1024,
+                   help="largest read-ahead window of a sequential reader, e.g. 64M")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    default="info")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[=VAL],...",
@@ -144,7 +158,8 @@ def make_config(argv: list[str]) -> MountConfig:
         foreground=args.foreground, read_only=args.read_only, allow_other=args.allow_other,
         file_mode=args.file_mode, dir_mode=args.dir_mode, cache_dir=args.cache_dir,
         log_level=args.log_level, metadata_ttl=args.metadata_ttl,
-        max_concurrency=args.max_concurrency, **extra)
+        max_concurrency=args.max_concurrency, cache_size=args.cache_size,
+        max_readahead=args.max_readahead, **extra)
 
 
 def setup_logging(level: str, stream: Any = None) -> None:

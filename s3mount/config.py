@@ -41,9 +41,23 @@ class MountConfig:
     part_size: int = 8 * MIB
     single_put_limit: int = 8 * MIB
     metadata_ttl: float = 1.0
+    block_size: int = 8 * MIB
+    max_readahead: int = 64 * MIB
+    cache_size: int | None = None  # None: min(10 GiB, a quarter of the free space)
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     max_attempts: int = 5
+
+    def cache_budget(self) -> int:
+        """Bytes the block cache may hold: the option, or a share of the disk that never
+        fills it."""
+        if self.cache_size is not None:
+            return self.cache_size
+        path = self.cache_path()
+        while not path.exists():
+            path = path.parent
+        st = os.statvfs(path)
+        return max(64 * MIB, min(10 * 1024 * MIB, st.f_bavail * st.f_frsize // 4))
 
     def cache_path(self) -> Path:
         """This mount's own cache directory: one per endpoint, bucket and prefix."""

@@ -2,9 +2,10 @@
 
 `FileData` owns each inode's staged file and the per-inode lock that serialises every change of
 it (write, truncate, commit), so a commit never uploads a file that is being written.  Reads of a
-clean file are ranged GETs pinned to the ETag seen at open (`If-Match`, so bytes of two versions
-are never mixed), through a per-handle read-ahead buffer.  Reads of a staged file take written
-bytes from the staging file and fetch the rest of the base object into it.
+clean file go through the block cache, pinned to the ETag seen at open (`If-Match`, so bytes of two
+versions are never mixed); a sequential reader gets a read-ahead window of blocks fetched in the
+background, a random reader fetches just the bytes it asked for.  Reads of a staged file take
+written bytes from the staging file and fetch the rest of the base object into it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import trio
 
-from s3mount.blocking import Limiters, run_blocking
+from s3mount.blockcache import BlockCache
+from s3mount.blocking import Background, Limiters, run_blocking
 from s3mount.errors import FsError
 from s3mount.handles import FileHandle
 from s3mount.inodes import Inode
@@ -31,12 +33,16 @@ FETCH_CHUNK = 8 * 1024 * 1024
 
 class FileData:
     def __init__(self, store: ObjectStore, namespace: Namespace, uploader: Uploader,
-                 limiters: Limiters, staging_dir: Path) -> None:
+                 limiters: Limiters, staging_dir: Path, cache: BlockCache,
+                 background: Background, max_readahead: int) -> None:
         self.store = store
         self.namespace = namespace
         self.uploader = uploader
         self.limiters = limiters
         self.staging_dir = staging_dir
+        self.cache = cache
+        self.background = background
+        self.max_window = max(1, max_readahead // cache.block_size)
         self._locks: dict[int, trio.Lock] = {}
 
     def lock(self, inode: Inode) -> trio.Lock:
@@ -99,17 +105,37 @@ class FileData:
     async def _read_remote(self, inode: Inode, handle: FileHandle, offset: int,
                            size: int) -> bytes:
         size = max(0, min(size, inode.size - offset))
-        if size == 0:
+        if size == 0 or inode.etag is None:
             return b""
-        hit = handle.buffered(offset, size, inode.etag)
-        if hit is None:
-            fetch = max(size, handle.note_read(offset))
-            end = min(offset + fetch, inode.size)
-            data = await self.store.get_range(self.namespace.key(inode), offset, end, inode.etag)
-            handle.buffer, handle.buffer_offset, handle.buffer_etag = data, offset, inode.etag
-            hit = data[:size]
-        handle.next_offset = offset + len(hit)
-        return hit
+        key, etag, object_size = self.namespace.key(inode), inode.etag, inode.size
+        cache = self.cache
+        first, last = offset // cache.block_size, (offset + size - 1) // cache.block_size
+
+        async def fetch(begin: int, end: int) -> bytes:
+            return await self.store.get_range(key, begin, end, etag)
+
+        sequential = handle.note_read(offset, size, self.max_window)
+        blocks = range(first, last + 1)
+        if not sequential and not all(cache.has(key, etag, i) for i in blocks):
+            return await fetch(offset, offset + size)  # random: never pull whole blocks
+        last_block = (object_size - 1) // cache.block_size
+        for ahead in range(last + 1, min(last + handle.window, last_block) + 1):
+            if not cache.busy(key, etag, ahead):
+                self.background.start(self._prefetch, key, etag, object_size, ahead, fetch)
+        parts = []
+        for index in blocks:
+            base = index * cache.block_size
+            start = max(offset, base) - base
+            end = min(offset + size, base + cache.block_size) - base
+            parts.append(await cache.read(key, etag, object_size, index, start, end - start,
+                                          fetch))
+        return b"".join(parts)
+
+    async def _prefetch(self, key: str, etag: str, size: int, index: int, fetch) -> None:  # type: ignore[no-untyped-def]
+        try:
+            await self.cache.prefetch(key, etag, size, index, fetch)
+        except FsError as exc:  # the reader will fetch it again, and see the error itself
+            log.debug("read-ahead of %s block %d failed: %s", key, index, exc)
 
     # -- committing ----------------------------------------------------------------------------
 

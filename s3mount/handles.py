@@ -13,8 +13,7 @@ from typing import Any
 
 from s3mount.errors import BadHandle
 
-MIN_WINDOW = 128 * 1024
-MAX_WINDOW = 8 * 1024 * 1024
+SEQUENTIAL_SLACK = 4 * 1024 * 1024  # the kernel's own read-ahead may reorder nearby reads
 
 
 @dataclass
@@ -25,26 +24,20 @@ class FileHandle:
     pid: int
     wrote: bool = False
     error: Exception | None = None  # a failed commit, reported once by flush/fsync
-    next_offset: int = -1  # where the last read ended
-    window: int = MIN_WINDOW
-    buffer_offset: int = 0
-    buffer: bytes = b""
-    buffer_etag: str | None = None
+    next_offset: int = 0  # where the last read ended
+    window: int = 0  # read-ahead window, in blocks; 0 while reads are random
 
-    def note_read(self, offset: int) -> int:
-        """How much to fetch for a read at `offset`: grows while sequential, resets on a jump."""
-        if offset == self.next_offset:
-            self.window = min(self.window * 2, MAX_WINDOW)
+    def note_read(self, offset: int, size: int, max_window: int) -> bool:
+        """Record a read; whether it continues a sequential run (the window then grows)."""
+        sequential = (offset == 0 or
+                      self.next_offset - SEQUENTIAL_SLACK <= offset <= self.next_offset
+                      + SEQUENTIAL_SLACK)
+        if sequential:
+            self.window = min(max(1, self.window * 2), max_window)
         else:
-            self.window = MIN_WINDOW
-        return self.window
-
-    def buffered(self, offset: int, size: int, etag: str | None) -> bytes | None:
-        end = self.buffer_offset + len(self.buffer)
-        if etag == self.buffer_etag and self.buffer_offset <= offset and offset + size <= end:
-            start = offset - self.buffer_offset
-            return self.buffer[start:start + size]
-        return None
+            self.window = 0
+        self.next_offset = max(self.next_offset, offset + size) if sequential else offset + size
+        return sequential
 
 
 @dataclass

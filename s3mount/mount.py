@@ -16,7 +16,8 @@ from typing import Any
 import pyfuse3
 import trio
 
-from s3mount.blocking import Limiters, run_blocking
+from s3mount.blockcache import BlockCache
+from s3mount.blocking import Background, Limiters, run_blocking
 from s3mount.config import MountConfig
 from s3mount.errors import ConfigError
 from s3mount.files import FileData
@@ -31,14 +32,18 @@ from s3mount.uploader import Uploader
 log = logging.getLogger(__name__)
 
 
-def build_filesystem(config: MountConfig, store: Any, limiters: Limiters) -> Filesystem:
-    cache = config.cache_path()
-    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(cache, 0o700)
+def build_filesystem(config: MountConfig, store: Any, limiters: Limiters,
+                     background: Background | None = None) -> Filesystem:
+    cache_dir = config.cache_path()
+    cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(cache_dir, 0o700)
     table = InodeTable(config.uid, config.gid, config.dir_mode)
     namespace = Namespace(table, store, config)
     uploader = Uploader(store, config.part_size, config.single_put_limit, config.max_concurrency)
-    files = FileData(store, namespace, uploader, limiters, cache / "staging")
+    blocks = BlockCache(cache_dir / "blocks", config.cache_budget(), config.block_size,
+                        limiters.disk)
+    files = FileData(store, namespace, uploader, limiters, cache_dir / "staging", blocks,
+                     background or Background(), config.max_readahead)
     return Filesystem(config, store, table, namespace, files, HandleTable())
 
 
@@ -54,7 +59,8 @@ def fuse_options(config: MountConfig) -> set[str]:
 def run(config: MountConfig, client: Any, on_ready: Callable[[], None] | None = None) -> int:
     limiters = Limiters(config.max_concurrency)
     store = S3Store(client, config.bucket, config.prefix, limiters.s3)
-    fs = build_filesystem(config, store, limiters)
+    background = Background()
+    fs = build_filesystem(config, store, limiters, background)
     ops = FuseOperations(fs, attr_timeout=config.metadata_ttl, entry_timeout=config.metadata_ttl)
     try:
         pyfuse3.init(ops, config.mountpoint, fuse_options(config))
@@ -63,16 +69,17 @@ def run(config: MountConfig, client: Any, on_ready: Callable[[], None] | None = 
                           "(is /dev/fuse there, and fusermount3 installed?)") from None
     failed = 0
     try:
-        failed = trio.run(_serve, fs, limiters, config.mountpoint, on_ready)
+        failed = trio.run(_serve, fs, limiters, background, config.mountpoint, on_ready)
     finally:
         pyfuse3.close(unmount=True)
     log.info("unmounted %s", config.mountpoint)
     return 1 if failed else 0
 
 
-async def _serve(fs: Filesystem, limiters: Limiters, mountpoint: str,
+async def _serve(fs: Filesystem, limiters: Limiters, background: Background, mountpoint: str,
                  on_ready: Callable[[], None] | None) -> int:
     async with trio.open_nursery() as nursery:
+        background.nursery = nursery
         async def fuse_main() -> None:
             await pyfuse3.main()
             nursery.cancel_scope.cancel()  # the kernel ended the session (umount)

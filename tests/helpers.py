@@ -37,6 +37,9 @@ def test_env() -> dict[str, str]:
     return env
 
 
+test_env.__test__ = False  # a helper, not a test
+
+
 class MotoServer:
     def __init__(self) -> None:
         self.port = free_port()
