@@ -22,6 +22,7 @@ from s3mount.errors import FsError
 from s3mount.handles import FileHandle
 from s3mount.inodes import Inode
 from s3mount.namespace import Namespace
+from s3mount.parts import part_span, parts_within
 from s3mount.staging import StagedFile
 from s3mount.store import ObjectStore, PosixAttrs, encode_attrs
 from s3mount.uploader import Uploader
@@ -58,7 +59,8 @@ class FileData:
         if inode.staged is None:
             base = None if truncate_to == 0 else inode.etag
             size = 0 if base is None else inode.size
-            inode.staged = await self._disk(StagedFile, self.staging_dir, size, base)
+            inode.staged = await self._disk(StagedFile, self.staging_dir, size, base,
+                                            self.uploader.part_size)
         return inode.staged
 
     async def _fill_gaps(self, inode: Inode, staged: StagedFile, start: int, end: int) -> None:
@@ -80,8 +82,27 @@ class FileData:
             staged = await self.stage(inode)
             written = await self._disk(staged.write, offset, data)
             inode.size = staged.size
-            inode.mtime_ns = inode.ctime_ns = time.time_ns()
+            inode.mtime_ns = inode.ctime_ns = staged.written_ns = time.time_ns()
+            if staged.size > self.uploader.single_put_limit and not inode.unlinked:
+                await self._stream_parts(inode, staged, offset, offset + written)
             return written
+
+    async def _stream_parts(self, inode: Inode, staged: StagedFile, start: int,
+                            end: int) -> None:
+        """Upload the parts this write completed now, so close(2) waits only for the tail."""
+        for number in parts_within(start, end, staged.part_size):
+            part_start, part_end = part_span(number, staged.part_size)
+            if not staged.complete(part_start, part_end):
+                continue
+            if staged.upload is None:
+                # No mtime: it keeps changing until close; LastModified stands in for it.
+                meta = {k: v for k, v in self.metadata(inode).items() if k != "mtime"}
+                staged.upload = await self.uploader.begin(self.namespace.key(inode), meta)
+            sent = staged.upload.parts.get(number)
+            version = staged.version(number)
+            if sent is None or sent[1] != version:
+                self.background.start(self.uploader.send_part, staged.upload, number,
+                                      staged.path, part_start, part_end - part_start, version)
 
     async def truncate(self, inode: Inode, size: int) -> None:
         async with self.lock(inode):
@@ -148,16 +169,52 @@ class FileData:
             staged = inode.staged
             if inode.unlinked or staged is None or not (staged.dirty or inode.local_only):
                 return
-            await self._fill_gaps(inode, staged, 0, staged.size)
             key = self.namespace.key(inode)
-            etag = await self.uploader.upload(key, staged.path, staged.size,
-                                              self.metadata(inode))
+            if staged.upload is None and staged.size <= self.uploader.single_put_limit:
+                await self._fill_gaps(inode, staged, 0, staged.size)
+                etag = await self.uploader.upload(key, staged.path, staged.size,
+                                                  self.metadata(inode))
+            else:
+                etag = await self._commit_multipart(inode, staged, key)
             staged.dirty = False
             staged.base_etag, staged.base_valid = etag, staged.size
+            staged.versions.clear()
             inode.etag, inode.size = etag, staged.size
             inode.fetched_at = time.monotonic()
             inode.meta_known = True
             log.debug("committed %s (%d bytes)", key, staged.size)
+
+    async def _commit_multipart(self, inode: Inode, staged: StagedFile, key: str) -> str:
+        """Complete the file's multipart upload: parts sent early and unchanged are kept,
+        untouched ranges of the old object are copied server-side, the rest is sent."""
+        upload, staged.upload = staged.upload, None
+        metadata = self.metadata(inode)
+        if upload is not None:
+            await upload.wait_idle()
+            if upload.key != key:  # renamed while streaming
+                await self.uploader.abort(upload)
+                upload = None
+        fix_metadata = upload is not None and (inode.mtime_ns != staged.written_ns or any(
+            upload.metadata.get(k) != v for k, v in metadata.items() if k != "mtime"))
+        if upload is None:
+            upload = await self.uploader.begin(key, metadata)
+        base_etag = staged.base_etag
+
+        async def source(number: int, offset: int, length: int) -> str:
+            sent = upload.parts.get(number)
+            if sent is not None and sent[1:] == (staged.version(number), length):
+                return sent[0]
+            if base_etag and length and staged.untouched(offset, offset + length):
+                return await self.store.upload_part_copy(key, upload.upload_id, number, key,
+                                                         offset, offset + length, base_etag)
+            await self._fill_gaps(inode, staged, offset, offset + length)
+            return await self.store.upload_part(key, upload.upload_id, number, staged.path,
+                                                offset, length)
+
+        etag = await self.uploader.finish(upload, staged.size, source)
+        if fix_metadata:  # attributes changed after the upload began
+            etag = await self.store.copy(key, key, staged.size, metadata)
+        return etag
 
     async def drop_clean(self, inode: Inode) -> None:
         """Free the staging file of a closed, clean file."""
@@ -169,6 +226,9 @@ class FileData:
                 await self._disk(staged.close)
             if inode.unlinked and inode.staged is not None and inode.opens == 0:
                 staged, inode.staged = inode.staged, None
+                if staged.upload is not None:
+                    await staged.upload.wait_idle()
+                    await self.uploader.abort(staged.upload)
                 await self._disk(staged.close)
         if inode.opens == 0 and inode.staged is None:
             self._locks.pop(inode.ino, None)

@@ -27,6 +27,19 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
+class LateReplyFilter(logging.Filter):
+    """pyfuse3 logs an ERROR when a reply finds its request gone.  For release and forget that
+    is normal at unmount (the kernel sends them without waiting); the work was already done."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "fuse_reply_" in message and ("fuse_release()" in message
+                                         or "fuse_forget" in message):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger("pyfuse3").isEnabledFor(logging.DEBUG)
+        return True
+
+
 def boundary(fn: F) -> F:
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -56,6 +69,7 @@ class FuseOperations(pyfuse3.Operations):
 
     def __init__(self, fs: Filesystem, attr_timeout: float, entry_timeout: float) -> None:
         super().__init__()
+        logging.getLogger("pyfuse3").addFilter(LateReplyFilter())
         self.fs = fs
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout

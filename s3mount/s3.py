@@ -232,6 +232,19 @@ class S3Store:
 
         return _etag(await self._call(f"PART {number} of {key}", upload))
 
+    async def upload_part_copy(self, key: str, upload_id: str, number: int, source: str,
+                               start: int, end: int, source_etag: str | None) -> str:
+        """Part `number` copied server-side from bytes [start, end) of object `source`."""
+        kwargs: dict[str, Any] = {
+            "Bucket": self.bucket, "Key": self._full(key), "UploadId": upload_id,
+            "PartNumber": number, "CopySource": {"Bucket": self.bucket, "Key": self._full(source)},
+            "CopySourceRange": f"bytes={start}-{end - 1}"}
+        if source_etag:
+            kwargs["CopySourceIfMatch"] = f'"{source_etag}"'
+        resp = await self._call(f"PART-COPY {number} of {key}", self.client.upload_part_copy,
+                                **kwargs)
+        return _etag(resp.get("CopyPartResult", {}))
+
     async def complete_multipart(self, key: str, upload_id: str,
                                  parts: list[tuple[int, str]]) -> str:
         listing = [{"PartNumber": n, "ETag": f'"{e}"'} for n, e in sorted(parts)]

@@ -14,6 +14,9 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from typing import Any
+
+from s3mount.parts import parts_within
 
 Extent = tuple[int, int]  # [start, end)
 
@@ -59,7 +62,8 @@ def missing_ranges(extents: list[Extent], start: int, end: int) -> list[Extent]:
 class StagedFile:
     """One file's local copy: written ranges plus a lazily fetched base object."""
 
-    def __init__(self, directory: Path, size: int, base_etag: str | None) -> None:
+    def __init__(self, directory: Path, size: int, base_etag: str | None,
+                 part_size: int = 8 * 1024 * 1024) -> None:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = str(directory / f"{uuid.uuid4().hex}.data")
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -70,10 +74,31 @@ class StagedFile:
         self.base_valid = size if base_etag is not None else 0
         self.present: list[Extent] = []
         self.dirty = False
+        self.part_size = part_size
+        self.versions: dict[int, int] = {}  # multipart part number -> times it was changed
+        self.upload: Any = None  # uploader.Multipart streaming this file's parts, if any
+        self.written_ns = 0  # mtime the last write set (a different mtime was set explicitly)
+
+    def _touch(self, start: int, end: int) -> None:
+        for number in parts_within(start, end, self.part_size):
+            self.versions[number] = self.versions.get(number, 0) + 1
+
+    def version(self, number: int) -> int:
+        return self.versions.get(number, 0)
+
+    def untouched(self, start: int, end: int) -> bool:
+        """Whether [start, end) is still exactly the base object's bytes, none of them local."""
+        return end <= self.base_valid and missing_ranges(self.present, start, end) == [
+            (start, end)]
+
+    def complete(self, start: int, end: int) -> bool:
+        """Whether every byte of [start, end) is in the local file."""
+        return end <= self.size and not self.remote_gaps(start, end)
 
     def write(self, offset: int, data: bytes) -> int:
         written = os.pwrite(self.fd, data, offset)
         end = offset + written
+        self._touch(offset, end)
         self.present = add_extent(self.present, offset, end)
         if end > self.size:
             self.size = end
@@ -89,6 +114,7 @@ class StagedFile:
 
     def truncate(self, size: int) -> None:
         os.ftruncate(self.fd, size)
+        self._touch(min(size, self.size), max(size, self.size) + 1)
         if size < self.size:
             self.present = clip_extents(self.present, size)
             self.base_valid = min(self.base_valid, size)

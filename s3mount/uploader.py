@@ -8,29 +8,16 @@ half-done upload is left behind; the staged data stays for the caller to retry.
 from __future__ import annotations
 
 import logging
-import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import trio
 
-from s3mount.errors import FileTooBig, FsError
+from s3mount.errors import FsError
+from s3mount.parts import plan_parts
 from s3mount.store import ObjectStore
 
 log = logging.getLogger(__name__)
-
-MIB = 1024 * 1024
-MIN_PART = 5 * MIB
-MAX_PARTS = 10_000
-MAX_OBJECT = 5 * 1024**4
-
-
-def plan_parts(size: int, part_size: int) -> list[tuple[int, int, int]]:
-    """(part number, offset, length) for a multipart upload of `size` bytes."""
-    if size > MAX_OBJECT:
-        raise FileTooBig(f"{size} bytes is over S3's 5 TiB object limit")
-    part = max(part_size, MIN_PART, math.ceil(size / MAX_PARTS))
-    part = math.ceil(part / MIB) * MIB
-    return [(n + 1, off, min(part, size - off)) for n, off in enumerate(range(0, size, part))]
-
 
 def unwrap_group(exc: BaseException) -> BaseException:
     """The single domain error inside a trio exception group, if that is all it holds."""
@@ -41,6 +28,27 @@ def unwrap_group(exc: BaseException) -> BaseException:
             if isinstance(inner, FsError):
                 return inner
     return exc
+
+
+@dataclass
+class Multipart:
+    """A multipart upload in progress, and the parts already sent: number -> (etag, version,
+    length).  `busy` counts part uploads still running in the background."""
+
+    key: str
+    upload_id: str
+    metadata: dict[str, str]
+    parts: dict[int, tuple[str, int, int]] = field(default_factory=dict)
+    busy: int = 0
+    idle: trio.Event = field(default_factory=trio.Event)
+
+    async def wait_idle(self) -> None:
+        while self.busy:
+            await self.idle.wait()
+
+
+# How to produce one part at commit: the bytes to send (after `prepare`), or a server-side copy.
+PartSource = Callable[[int, int, int], Awaitable[str]]
 
 
 class Uploader:
@@ -55,18 +63,46 @@ class Uploader:
         """Upload `size` bytes of the file at `path` as object `key`; returns the new ETag."""
         if size <= self.single_put_limit:
             return await self.store.put_file(key, path, size, metadata)
-        return await self._multipart(key, path, size, metadata)
+        upload = await self.begin(key, metadata)
 
-    async def _multipart(self, key: str, path: str, size: int, metadata: dict[str, str]) -> str:
+        async def send(number: int, offset: int, length: int) -> str:
+            return await self.store.upload_part(key, upload.upload_id, number, path, offset,
+                                                length)
+
+        return await self.finish(upload, size, send)
+
+    async def begin(self, key: str, metadata: dict[str, str]) -> Multipart:
+        return Multipart(key, await self.store.create_multipart(key, metadata), metadata)
+
+    async def send_part(self, upload: Multipart, number: int, path: str, offset: int,
+                        length: int, version: int) -> None:
+        """Upload one part in the background; a failure only means the commit sends it again."""
+        upload.busy += 1
+        try:
+            etag = await self.store.upload_part(upload.key, upload.upload_id, number, path,
+                                                offset, length)
+            upload.parts[number] = (etag, version, length)
+        except FsError as exc:
+            log.info("early upload of part %d of %s failed, it will be retried: %s", number,
+                     upload.key, exc)
+        finally:
+            upload.busy -= 1
+            if not upload.busy:
+                upload.idle.set()
+                upload.idle = trio.Event()
+
+    async def finish(self, upload: Multipart, size: int, source: PartSource) -> str:
+        """Send every part `source` produces, in parallel, and complete the upload.
+
+        Any failure aborts the upload (shielded, so cancellation cannot skip it).
+        """
         plan = plan_parts(size, self.part_size)
-        upload_id = await self.store.create_multipart(key, metadata)
         done: list[tuple[int, str]] = []
         slots = trio.Semaphore(self.concurrency)
 
         async def one(number: int, offset: int, length: int) -> None:
             async with slots:
-                etag = await self.store.upload_part(key, upload_id, number, path, offset, length)
-            done.append((number, etag))
+                done.append((number, await source(number, offset, length)))
 
         completed = False
         try:
@@ -76,15 +112,17 @@ class Uploader:
                         nursery.start_soon(one, number, offset, length)
             except BaseExceptionGroup as group:
                 raise unwrap_group(group) from None
-            etag = await self.store.complete_multipart(key, upload_id, done)
+            etag = await self.store.complete_multipart(upload.key, upload.upload_id, done)
             completed = True
-            log.debug("uploaded %s: %d bytes in %d parts", key, size, len(plan))
+            log.debug("uploaded %s: %d bytes in %d parts", upload.key, size, len(plan))
             return etag
         finally:
             if not completed:
-                with trio.CancelScope(shield=True):
-                    try:
-                        await self.store.abort_multipart(key, upload_id)
-                    except FsError as exc:
-                        log.warning("could not abort the multipart upload of %s: %s", key, exc)
+                await self.abort(upload)
 
+    async def abort(self, upload: Multipart) -> None:
+        with trio.CancelScope(shield=True):
+            try:
+                await self.store.abort_multipart(upload.key, upload.upload_id)
+            except FsError as exc:
+                log.warning("could not abort the multipart upload of %s: %s", upload.key, exc)
