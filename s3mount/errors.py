@@ -110,6 +110,23 @@ class FileTooBig(FsError):
     level = logging.INFO
 
 
+class NoAttribute(FsError):
+    errno = errno.ENODATA
+    level = logging.DEBUG
+
+
+class TooBig(FsError):
+    """An extended attribute that does not fit in S3's 2 KiB of user metadata."""
+
+    errno = errno.E2BIG
+    level = logging.INFO
+
+
+class OutOfRange(FsError):
+    errno = errno.ERANGE
+    level = logging.INFO
+
+
 class BadHandle(FsError):
     errno = errno.EBADF
     level = logging.WARNING

@@ -18,13 +18,13 @@ import trio
 
 from s3mount.blockcache import BlockCache
 from s3mount.blocking import Background, Limiters, run_blocking
-from s3mount.errors import FsError
+from s3mount.errors import FsError, NotFound, Stale
 from s3mount.handles import FileHandle
 from s3mount.inodes import Inode
 from s3mount.namespace import Namespace
 from s3mount.parts import part_span, parts_within
 from s3mount.staging import StagedFile
-from s3mount.store import ObjectStore, PosixAttrs, encode_attrs
+from s3mount.store import ObjectStore, PosixAttrs, encode_attrs, encode_xattrs
 from s3mount.uploader import Uploader
 
 log = logging.getLogger(__name__)
@@ -125,15 +125,18 @@ class FileData:
 
     async def _read_remote(self, inode: Inode, handle: FileHandle, offset: int,
                            size: int) -> bytes:
-        size = max(0, min(size, inode.size - offset))
-        if size == 0 or inode.etag is None:
+        size = max(0, min(size, handle.size - offset))
+        if size == 0 or handle.etag is None:
             return b""
-        key, etag, object_size = self.namespace.key(inode), inode.etag, inode.size
+        key, etag, object_size = self.namespace.key(inode), handle.etag, handle.size
         cache = self.cache
         first, last = offset // cache.block_size, (offset + size - 1) // cache.block_size
 
         async def fetch(begin: int, end: int) -> bytes:
-            return await self.store.get_range(key, begin, end, etag)
+            try:
+                return await self.store.get_range(key, begin, end, etag)
+            except NotFound:
+                raise Stale(f"{key} was deleted from the bucket while open") from None
 
         sequential = handle.note_read(offset, size, self.max_window)
         blocks = range(first, last + 1)
@@ -161,7 +164,10 @@ class FileData:
     # -- committing ----------------------------------------------------------------------------
 
     def metadata(self, inode: Inode) -> dict[str, str]:
-        return encode_attrs(PosixAttrs(inode.mode, inode.uid, inode.gid, inode.mtime_ns))
+        meta = encode_attrs(PosixAttrs(inode.mode, inode.uid, inode.gid, inode.mtime_ns))
+        if inode.xattrs:
+            meta["xattr"] = encode_xattrs(inode.xattrs)
+        return meta
 
     async def commit(self, inode: Inode) -> None:
         """Upload the inode's staged data if it is dirty or not in the bucket yet."""

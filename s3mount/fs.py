@@ -23,7 +23,14 @@ from s3mount.handles import FileHandle, HandleTable
 from s3mount.inodes import ROOT_INODE, Inode, InodeTable
 from s3mount.keys import check_key_length, decode_name, dir_prefix, join
 from s3mount.namespace import Namespace
-from s3mount.store import DIRECTORY_CONTENT_TYPE, ObjectStore, PosixAttrs, encode_attrs
+from s3mount.store import (
+    DIRECTORY_CONTENT_TYPE,
+    USER_METADATA_LIMIT,
+    ObjectStore,
+    PosixAttrs,
+    encode_attrs,
+    metadata_size,
+)
 from s3mount.uploader import unwrap_group
 
 log = logging.getLogger(__name__)
@@ -90,7 +97,7 @@ class Filesystem:
     async def getattr(self, ino: int) -> Inode:
         inode = self.inode(ino)
         if (ino == ROOT_INODE or inode.unlinked or inode.staged is not None or inode.local_only
-                or (inode.fresh(self.config.metadata_ttl) and inode.meta_known)):
+                or (inode.fresh(self.ns.freshness) and inode.meta_known)):
             return inode
         try:
             await self.ns.revalidate(inode)
@@ -214,9 +221,13 @@ class Filesystem:
         if size is not None and not inode.opens:
             await self.files.commit(inode)  # truncate(2) by path: nothing else will commit it
             await self.files.drop_clean(inode)
-        elif meta_changed and inode.staged is None and not inode.unlinked:
+        elif meta_changed and not self._metadata_rides_with_data(inode):
             await self._store_metadata(inode)
         return inode
+
+    def _metadata_rides_with_data(self, inode: Inode) -> bool:
+        """Whether changed attributes will go up with the next commit of the data anyway."""
+        return inode.unlinked or inode.local_only or inode.dirty
 
     async def _store_metadata(self, inode: Inode) -> None:
         """Persist changed attributes: a copy of the object onto itself, never a download."""
@@ -229,8 +240,64 @@ class Filesystem:
             inode.has_marker = True
         elif inode.etag is not None:
             inode.etag = await self.store.copy(key, key, inode.size, meta)
+            if inode.staged is not None:  # open and clean: its base is the new version
+                inode.staged.base_etag = inode.etag
         inode.fetched_at = time.monotonic()
         inode.meta_known = True
+
+    # -- extended attributes -------------------------------------------------------------------
+
+    async def _with_metadata(self, ino: int) -> Inode:
+        """The inode, its user metadata (and so its xattrs) read from the bucket if unknown."""
+        inode = self.inode(ino)
+        if not inode.meta_known and inode.staged is None and not inode.local_only:
+            await self.ns.revalidate(inode)
+        return inode
+
+    async def getxattr(self, ino: int, name: bytes) -> bytes:
+        inode = await self._with_metadata(ino)
+        value = inode.xattrs.get(name.decode("utf-8", "surrogateescape"))
+        if value is None:
+            raise errors.NoAttribute(name.decode("utf-8", "replace"))
+        return value
+
+    async def listxattr(self, ino: int) -> list[bytes]:
+        inode = await self._with_metadata(ino)
+        return [n.encode("utf-8", "surrogateescape") for n in sorted(inode.xattrs)]
+
+    async def setxattr(self, ino: int, raw: bytes, value: bytes) -> None:
+        self.writable()
+        name = raw.decode("utf-8", "surrogateescape")
+        if not name.startswith("user."):
+            raise errors.NotSupported(f"only user.* attributes can be stored in S3, not {name}")
+        if len(raw) > 255:
+            raise errors.OutOfRange("an attribute name is at most 255 bytes")
+        inode = await self._with_metadata(ino)
+        before = dict(inode.xattrs)
+        inode.xattrs[name] = bytes(value)
+        if metadata_size(self.files.metadata(inode)) > USER_METADATA_LIMIT:
+            inode.xattrs = before
+            raise errors.TooBig("the attributes would exceed S3's 2 KiB of user metadata")
+        await self._persist_xattrs(inode, before)
+
+    async def removexattr(self, ino: int, raw: bytes) -> None:
+        self.writable()
+        inode = await self._with_metadata(ino)
+        name = raw.decode("utf-8", "surrogateescape")
+        if name not in inode.xattrs:
+            raise errors.NoAttribute(name)
+        before = dict(inode.xattrs)
+        del inode.xattrs[name]
+        await self._persist_xattrs(inode, before)
+
+    async def _persist_xattrs(self, inode: Inode, before: dict[str, bytes]) -> None:
+        if self._metadata_rides_with_data(inode):
+            return
+        try:
+            await self._store_metadata(inode)
+        except BaseException:
+            inode.xattrs = before
+            raise
 
     def statfs(self) -> dict[str, int]:
         blocks = 1 << 40
@@ -358,6 +425,7 @@ class Filesystem:
         if inode.staged is None:
             await self.getattr(ino)  # close-to-open: revalidate when older than the TTL
         handle = self.handles.open_file(ino, flags, pid)
+        handle.etag, handle.size = inode.etag, inode.size
         inode.opens += 1
         try:
             if flags & os.O_TRUNC and inode.size:

@@ -211,3 +211,19 @@ class FuseOperations(pyfuse3.Operations):
     @boundary
     async def release(self, fh):
         await self.fs.release(fh)
+
+    @boundary
+    async def getxattr(self, inode, name, ctx):
+        return await self.fs.getxattr(inode, name)
+
+    @boundary
+    async def listxattr(self, inode, ctx):
+        return await self.fs.listxattr(inode)
+
+    @boundary
+    async def setxattr(self, inode, name, value, ctx):
+        await self.fs.setxattr(inode, name, value)
+
+    @boundary
+    async def removexattr(self, inode, name, ctx):
+        await self.fs.removexattr(inode, name)

@@ -24,6 +24,8 @@ class FileHandle:
     pid: int
     wrote: bool = False
     error: Exception | None = None  # a failed commit, reported once by flush/fsync
+    etag: str | None = None  # the version this handle reads: pinned at open, never mixed
+    size: int = 0
     next_offset: int = 0  # where the last read ended
     window: int = 0  # read-ahead window, in blocks; 0 while reads are random
 

@@ -20,7 +20,13 @@ from s3mount.config import MountConfig
 from s3mount.errors import NotFound
 from s3mount.inodes import Inode, InodeTable
 from s3mount.keys import dir_prefix, join, split_listing_name
-from s3mount.store import ObjectInfo, ObjectStore, decode_attrs, is_symlink_meta
+from s3mount.store import (
+    ObjectInfo,
+    ObjectStore,
+    decode_attrs,
+    decode_xattrs,
+    is_symlink_meta,
+)
 
 
 @dataclass
@@ -35,7 +41,10 @@ class Namespace:
         self.table = table
         self.store = store
         self.config = config
-        ttl = config.metadata_ttl
+        # The kernel caches for half the TTL, and so do we: an answer is never older than the
+        # TTL however the two caches line up.
+        self.freshness = config.metadata_ttl / 2
+        ttl = self.freshness
         self._negative: cachetools.TTLCache | None = (
             cachetools.TTLCache(maxsize=65536, ttl=ttl, timer=time.monotonic) if ttl > 0 else None)
 
@@ -63,6 +72,8 @@ class Namespace:
         inode.mode, inode.uid, inode.gid = attrs.mode, attrs.uid, attrs.gid
         inode.mtime_ns = inode.ctime_ns = attrs.mtime_ns
         inode.meta_known = info.metadata is not None
+        if info.metadata is not None:
+            inode.xattrs = decode_xattrs(info.metadata.get("xattr"))
 
     def new_child(self, parent: Inode, name: str, kind: int, info: ObjectInfo | None) -> Inode:
         perm = self.config.dir_mode if kind == stat.S_IFDIR else self.config.file_mode
@@ -98,7 +109,7 @@ class Namespace:
     async def lookup(self, parent: Inode, name: str) -> Inode:
         """The inode at `parent/name`, asking the bucket when the cached answer is too old."""
         child = self.table.child(parent.ino, name)
-        ttl = self.config.metadata_ttl
+        ttl = self.freshness
         if child is not None and (child.fresh(ttl) or child.staged is not None
                                   or child.local_only or child.opens):
             return child

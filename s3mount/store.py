@@ -10,11 +10,16 @@ user metadata `mode` (decimal `st_mode`, type bits included), `uid`, `gid`, `mti
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import stat
+import urllib.parse
 from dataclasses import dataclass
 from typing import Protocol
 
 DIRECTORY_CONTENT_TYPE = "application/x-directory"
+USER_METADATA_LIMIT = 2048  # S3: keys and values of all x-amz-meta-* headers together
 
 
 @dataclass(frozen=True)
@@ -108,3 +113,24 @@ def decode_attrs(info: ObjectInfo, kind_bits: int, default_perm: int, uid: int, 
 
 def is_symlink_meta(metadata: dict[str, str] | None) -> bool:
     return bool(metadata) and stat.S_ISLNK(_int_or(metadata.get("mode"), 0))
+
+
+def encode_xattrs(xattrs: dict[str, bytes]) -> str:
+    """s3fs-fuse's `x-amz-meta-xattr`: URL-encoded JSON of name -> base64 of the value."""
+    table = {name: base64.b64encode(value).decode() for name, value in sorted(xattrs.items())}
+    return urllib.parse.quote(json.dumps(table, separators=(",", ":")), safe="")
+
+
+def decode_xattrs(text: str | None) -> dict[str, bytes]:
+    """Read `x-amz-meta-xattr`; anything unreadable counts as no attributes, never a crash."""
+    if not text:
+        return {}
+    try:
+        table = json.loads(urllib.parse.unquote(text))
+        return {str(k): base64.b64decode(v) for k, v in table.items()}
+    except (ValueError, TypeError, AttributeError, binascii.Error):
+        return {}
+
+
+def metadata_size(metadata: dict[str, str]) -> int:
+    return sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items())
