@@ -11,6 +11,7 @@ written bytes from the staging file and fetch the rest of the base object into i
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import trio
 
 from s3mount.blockcache import BlockCache
 from s3mount.blocking import Background, Limiters, run_blocking
-from s3mount.errors import FsError, NotFound, Stale
+from s3mount.errors import FsError, NoSpace, NotFound, Stale
 from s3mount.handles import FileHandle
 from s3mount.inodes import Inode
 from s3mount.namespace import Namespace
@@ -30,6 +31,8 @@ from s3mount.uploader import Uploader
 log = logging.getLogger(__name__)
 
 FETCH_CHUNK = 8 * 1024 * 1024
+SPACE_CHECK_EVERY = 32 * 1024 * 1024  # bytes written between looks at the disk's free space
+MIN_FREE = 256 * 1024 * 1024  # staging never takes the cache disk below this
 
 
 class FileData:
@@ -45,6 +48,25 @@ class FileData:
         self.background = background
         self.max_window = max(1, max_readahead // cache.block_size)
         self._locks: dict[int, trio.Lock] = {}
+        self._since_space_check = SPACE_CHECK_EVERY
+
+    async def _ensure_space(self, incoming: int) -> None:
+        """Refuse a write with ENOSPC, never fill the disk: clean blocks go first."""
+        self._since_space_check += incoming
+        if self._since_space_check < SPACE_CHECK_EVERY:
+            return
+        self._since_space_check = 0
+        st = await self._disk(os.statvfs, self.staging_dir)
+        free = st.f_bavail * st.f_frsize
+        if free - incoming >= MIN_FREE + SPACE_CHECK_EVERY:
+            return
+        want = MIN_FREE + SPACE_CHECK_EVERY + incoming - free
+        self.cache.shrink(max(0, self.cache.used_bytes() - want))
+        st = await self._disk(os.statvfs, self.staging_dir)
+        if st.f_bavail * st.f_frsize - incoming < MIN_FREE:
+            self._since_space_check = SPACE_CHECK_EVERY  # look again next time
+            raise NoSpace("the cache directory's disk is nearly full; close files so their "
+                          "data can be uploaded, or mount with a --cache-dir on a bigger disk")
 
     def lock(self, inode: Inode) -> trio.Lock:
         return self._locks.setdefault(inode.ino, trio.Lock())
@@ -80,6 +102,7 @@ class FileData:
     async def write(self, inode: Inode, offset: int, data: bytes) -> int:
         async with self.lock(inode):
             staged = await self.stage(inode)
+            await self._ensure_space(len(data))
             written = await self._disk(staged.write, offset, data)
             inode.size = staged.size
             inode.mtime_ns = inode.ctime_ns = staged.written_ns = time.time_ns()
