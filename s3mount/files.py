@@ -113,6 +113,8 @@ class FileData:
     async def _stream_parts(self, inode: Inode, staged: StagedFile, start: int,
                             end: int) -> None:
         """Upload the parts this write completed now, so close(2) waits only for the tail."""
+        if staged.upload is None:
+            start = 0  # the upload begins now: earlier parts may be complete already
         for number in parts_within(start, end, staged.part_size):
             part_start, part_end = part_span(number, staged.part_size)
             if not staged.complete(part_start, part_end):

@@ -203,6 +203,8 @@ class Filesystem:
                       mtime_ns: int | None = None, fh: int | None = None) -> Inode:
         self.writable()
         inode = self.inode(ino)
+        if not inode.meta_known and inode.staged is None and not inode.local_only:
+            await self.ns.revalidate(inode)  # keep the owner and times we have not seen yet
         if size is not None:
             if inode.is_dir:
                 raise errors.IsADirectory(inode.name)

@@ -110,13 +110,21 @@ class Namespace:
         """The inode at `parent/name`, asking the bucket when the cached answer is too old."""
         child = self.table.child(parent.ino, name)
         ttl = self.freshness
-        if child is not None and (child.fresh(ttl) or child.staged is not None
-                                  or child.local_only or child.opens):
+        if child is not None and (child.staged is not None or child.local_only or child.opens
+                                  or (child.fresh(ttl) and child.meta_known)):
             return child
         if child is None and self._negative is not None and (parent.ino, name) in self._negative:
             raise NotFound(name)
         key = join(self.key(parent), name)
-        found = await self.probe(key)
+        if child is not None and child.fresh(ttl):
+            # Seen in a listing just now, without its metadata (mode, owner, symlink type):
+            # the listing already said what kind of entry it is, so one HEAD completes it.
+            if child.is_dir:
+                found = Probe(None, await self.store.head(key + "/"), True)
+            else:
+                found = Probe(await self.store.head(key), None, False)
+        else:
+            found = await self.probe(key)
         return self.apply_probe(parent, name, found)
 
     def apply_probe(self, parent: Inode, name: str, found: Probe) -> Inode:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from s3mount.errors import FileTooBig
 
 MIB = 1024 * 1024
-MIN_PART = 5 * MIB
+MIN_PART = 5 * MIB  # S3's smallest part (but the last)
+MIN_BASE = 6 * MIB  # the smallest first-tier part whose ten tiers still reach 5 TiB
 MAX_PARTS = 10_000
 MAX_OBJECT = 5 * 1024**4
 
@@ -27,7 +28,7 @@ def plan_parts(size: int, part_size: int) -> list[tuple[int, int, int]]:
     """
     if size > MAX_OBJECT:
         raise FileTooBig(f"{size} bytes is over S3's 5 TiB object limit")
-    base = max(part_size, MIN_PART)
+    base = max(part_size, MIN_BASE)
     plan: list[tuple[int, int, int]] = []
     offset = 0
     while offset < size or not plan:
@@ -42,7 +43,7 @@ def plan_parts(size: int, part_size: int) -> list[tuple[int, int, int]]:
 
 def part_span(number: int, part_size: int) -> tuple[int, int]:
     """[start, end) of part `number` in the layout of `plan_parts`."""
-    base = max(part_size, MIN_PART)
+    base = max(part_size, MIN_BASE)
     tier = min((number - 1) // PARTS_PER_TIER, 9)
     start = PARTS_PER_TIER * base * ((1 << tier) - 1) + (
         number - 1 - tier * PARTS_PER_TIER) * (base << tier)
@@ -51,7 +52,7 @@ def part_span(number: int, part_size: int) -> tuple[int, int]:
 
 def part_at(offset: int, part_size: int) -> int:
     """Number of the part that holds byte `offset`."""
-    base = max(part_size, MIN_PART)
+    base = max(part_size, MIN_BASE)
     tier = 0
     while tier < 9 and PARTS_PER_TIER * base * ((1 << (tier + 1)) - 1) <= offset:
         tier += 1

@@ -107,7 +107,8 @@ class StagedFile:
 
     def fill(self, offset: int, data: bytes) -> None:
         """Store base-object bytes fetched for a range that was missing (does not dirty)."""
-        gaps = missing_ranges(self.present, offset, offset + len(data))
+        end = min(offset + len(data), self.base_valid)  # never past a truncate since
+        gaps = missing_ranges(self.present, offset, end) if offset < end else []
         for s, e in gaps:  # never overwrite bytes written since the fetch began
             os.pwrite(self.fd, data[s - offset:e - offset], s)
             self.present = add_extent(self.present, s, e)

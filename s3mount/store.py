@@ -84,24 +84,33 @@ def parse_mtime_ns(text: str) -> int | None:
     """Read all the mtime forms in the wild: whole seconds, float seconds, `sec.nnnnnnnnn`."""
     text = text.strip()
     whole, _, frac = text.partition(".")
-    if not whole.lstrip("-").isdigit() or (frac and not frac.isdigit()):
+    digits = whole.removeprefix("-")
+    if not (digits.isascii() and digits.isdecimal()) or (
+            frac and not (frac.isascii() and frac.isdecimal())):
         return None
     nsec = int((frac + "000000000")[:9]) if frac else 0
     return int(whole) * 1_000_000_000 + nsec
 
 
-def _int_or(text: str | None, default: int) -> int:
-    try:
-        return int(text) if text is not None else default
-    except ValueError:
+MAX_ID = 2**32 - 1
+MAX_MODE = 0o177777
+
+
+def _int_or(text: str | None, default: int, limit: int = MAX_ID) -> int:
+    """A decimal number in 0..limit from a header, else the default (garbage never raises)."""
+    if text is None:
         return default
+    text = text.strip()
+    if not (text.isascii() and text.isdecimal()) or int(text) > limit:
+        return default
+    return int(text)
 
 
 def decode_attrs(info: ObjectInfo, kind_bits: int, default_perm: int, uid: int, gid: int,
                  ) -> PosixAttrs:
     """Attributes of an object, from its metadata where present and sane, else the defaults."""
     meta = info.metadata or {}
-    mode = _int_or(meta.get("mode"), 0)
+    mode = _int_or(meta.get("mode"), 0, MAX_MODE)
     if stat.S_IFMT(mode) != kind_bits:
         # No mode, or one for another kind of object: keep the kind we decided, default bits.
         mode = kind_bits | (stat.S_IMODE(mode) if mode and stat.S_IFMT(mode) == 0 else default_perm)
@@ -112,7 +121,7 @@ def decode_attrs(info: ObjectInfo, kind_bits: int, default_perm: int, uid: int, 
 
 
 def is_symlink_meta(metadata: dict[str, str] | None) -> bool:
-    return bool(metadata) and stat.S_ISLNK(_int_or(metadata.get("mode"), 0))
+    return bool(metadata) and stat.S_ISLNK(_int_or(metadata.get("mode"), 0, MAX_MODE))
 
 
 def encode_xattrs(xattrs: dict[str, bytes]) -> str:

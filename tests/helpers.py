@@ -118,7 +118,7 @@ class Mount:
             time.sleep(0.05)
 
     def _daemon_running(self) -> bool:
-        out = subprocess.run(["pgrep", "-f", f"--cache-dir {self.cache_dir} "],
+        out = subprocess.run(["pgrep", "-f", "--", f"--cache-dir {self.cache_dir} "],
                              capture_output=True, text=True)
         return bool(out.stdout.strip())
 
