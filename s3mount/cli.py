@@ -1,21 +1,30 @@
-"""The command line: `s3mount [options] BUCKET[:PREFIX] MOUNTPOINT`.
+"""The command line: `s3mount [options] BUCKET[:PREFIX] MOUNTPOINT`, and `s3mount status`.
 
-Options come as flags or as `-o key[=value],...` (so fstab and `mount.fuse3` can pass them).
+Options come as flags, as `-o key[=value],...` (so fstab and `mount.fuse3` can pass them), or as
+`key = value` lines of a `--config` file (systemd units; it may also name the bucket, the mount
+point and keys, which stay off the command line).  The command line wins over the file.  Run as
+`mount.fuse.s3mount` (a symlink mount(8) finds), it takes mount(8)'s helper arguments.
 Every start-up problem is one line on stderr and a non-zero exit, never a traceback.  Without
-`-f` the command forks and returns only once the mount answers, or with the child's error.
+`-f` the command forks and returns only once the mount answers, or with the child's error; with
+`-f` under systemd it says READY=1 once the mount answers (see `notify`).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import pwd
 import re
+import subprocess
 import sys
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from s3mount import __version__
+from s3mount import __version__, notify
 from s3mount.config import MountConfig
+from s3mount.credentials import Keys, check_private, read_passwd_file
 from s3mount.errors import ConfigError
 
 log = logging.getLogger("s3mount")
@@ -24,9 +33,16 @@ log = logging.getLogger("s3mount")
 IGNORED_OPTIONS = {"rw", "defaults", "auto", "noauto", "user", "nouser", "users", "_netdev",
                    "nofail", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime",
                    "noatime", "relatime", "nodiratime", "async", "sync"}
-FLAG_OPTIONS = {"foreground", "read_only", "allow_other"}
+FLAG_OPTIONS = {"foreground", "read_only", "allow_other", "no_verify_ssl"}
 OPTION_ALIASES = {"ro": "read_only", "f": "foreground"}
 BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
+# Keys a --config file may hold besides the options: what to mount, and keys kept off argv.
+FILE_ONLY_KEYS = {"bucket", "prefix", "mountpoint", "access_key_id", "secret_access_key"}
+NOT_OPTIONS = {"source", "mountpoint", "options", "help", "version"}
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off"}
+JOURNAL_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                    logging.CRITICAL: 2}
 
 
 class Parser(argparse.ArgumentParser):
@@ -65,13 +81,30 @@ def size_arg(text: str) -> int:
     return int(match.group(1)) * 1024**power
 
 
+def port(text: str) -> int:
+    value = positive(int)(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number")
+    return int(value)
+
+
 def build_parser() -> Parser:
     p = Parser(prog="s3mount", description="Mount an S3 bucket, or a prefix of one, as a "
                "directory.  Credentials come from boto3's usual chain: environment variables, "
-               "~/.aws/credentials and ~/.aws/config, or --profile.")
-    p.add_argument("source", metavar="BUCKET[:PREFIX]")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+               "~/.aws/credentials and ~/.aws/config, or --profile; or from --passwd-file.  "
+               "`s3mount status [MOUNTPOINT]` shows what a running mount is doing.")
+    p.add_argument("source", metavar="BUCKET[:PREFIX]", nargs="?")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?")
     p.add_argument("--version", action="version", version=f"s3mount {__version__}")
+    p.add_argument("--config", metavar="FILE", help="read options from FILE: `key = value` "
+                   "lines with the long option names, plus `bucket` and `mountpoint`; "
+                   "the command line wins")
+    p.add_argument("--passwd-file", metavar="FILE", help="access keys as ACCESS_KEY:SECRET_KEY "
+                   "(or s3fs's BUCKET:ACCESS_KEY:SECRET_KEY lines); must be mode 600 and yours")
+    p.add_argument("--ca-bundle", metavar="FILE",
+                   help="trust the CA certificates in FILE (PEM) for an https endpoint")
+    p.add_argument("--no-verify-ssl", action="store_true",
+                   help="do not verify the endpoint's TLS certificate (testing only)")
     p.add_argument("--endpoint-url", help="S3-compatible endpoint, e.g. https://s3.example.com")
     p.add_argument("--region", help="region (some providers call it a pool)")
     p.add_argument("--profile", help="profile in ~/.aws/credentials and ~/.aws/config")
@@ -98,9 +131,20 @@ def build_parser() -> Parser:
                    help="largest read-ahead window of a sequential reader, e.g. 64M")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    default="info")
+    p.add_argument("--metrics-port", type=port, default=None,
+                   help="serve Prometheus metrics on 127.0.0.1:PORT/metrics")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[=VAL],...",
                    help="any option above as key=value, plus fstab options such as _netdev")
     return p
+
+
+def option_name(raw: str) -> str:
+    return OPTION_ALIASES.get(raw, raw.replace("-", "_"))
+
+
+def ignored_option(raw: str) -> bool:
+    """fstab options for mount(8) or systemd (x-systemd.*, x-gvfs-*...), not for s3mount."""
+    return raw.startswith("x-") or option_name(raw) in IGNORED_OPTIONS
 
 
 def apply_options(args: argparse.Namespace, parser: Parser) -> None:
@@ -108,12 +152,12 @@ def apply_options(args: argparse.Namespace, parser: Parser) -> None:
     by_dest = {a.dest: a for a in parser._actions}
     for group in args.options:
         for item in filter(None, group.split(",")):
-            name, eq, value = item.partition("=")
-            name = OPTION_ALIASES.get(name, name.replace("-", "_"))
-            if name in IGNORED_OPTIONS or name.startswith("x-"):
+            raw, eq, value = item.partition("=")
+            if ignored_option(raw):
                 continue
+            name = option_name(raw)
             action = by_dest.get(name)
-            if action is None or name in ("source", "mountpoint", "options", "help", "version"):
+            if action is None or name in NOT_OPTIONS:
                 raise ConfigError(f"unknown option -o {item}", status=2)
             if name in FLAG_OPTIONS:
                 if eq:
@@ -131,10 +175,168 @@ def apply_options(args: argparse.Namespace, parser: Parser) -> None:
                 raise ConfigError(f"-o {name}: {exc}", status=2) from None
 
 
+@dataclass
+class FileConfig:
+    """What a --config file says: defaults for the options, and the file-only keys."""
+
+    path: str
+    defaults: dict[str, Any]
+    source: str | None = None
+    mountpoint: str | None = None
+    keys: Keys | None = None
+
+
+def read_config_lines(path: str) -> list[tuple[int, str, str | None]]:
+    """(line number, key, value or None for a bare flag) of a `key = value` file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
+    entries = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        key, eq, value = line.partition("=")
+        key = key.strip().lstrip("-").lower()
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        if not key:
+            raise ConfigError(f"{path} line {number}: expected key = value", status=2)
+        entries.append((number, key, value if eq else None))
+    return entries
+
+
+def load_config_file(path: str, parser: Parser) -> FileConfig:
+    by_dest = {a.dest: a for a in parser._actions}
+    found = FileConfig(path, {})
+    secrets: dict[str, str] = {}
+    bucket = prefix = None
+    for number, raw, value in read_config_lines(path):
+        where = f"{path} line {number}"
+        name = option_name(raw)
+        if raw.startswith("x-") or name in IGNORED_OPTIONS:
+            continue
+        if name in FILE_ONLY_KEYS:
+            if not value:
+                raise ConfigError(f"{where}: {raw} needs a value", status=2)
+            if name in ("access_key_id", "secret_access_key"):
+                secrets[name] = value
+            elif name == "bucket":
+                bucket = value
+            elif name == "prefix":
+                prefix = value
+            else:
+                found.mountpoint = value
+            continue
+        action = by_dest.get(name)
+        if action is None or name in NOT_OPTIONS or name == "config":
+            raise ConfigError(f"{where}: unknown option {raw!r}", status=2)
+        if name in FLAG_OPTIONS:
+            word = (value or "true").lower()
+            if word not in TRUE_WORDS | FALSE_WORDS:
+                raise ConfigError(f"{where}: {raw} is true or false, not {value!r}", status=2)
+            found.defaults[name] = word in TRUE_WORDS
+            continue
+        if value is None:
+            raise ConfigError(f"{where}: {raw} needs a value, as in {raw} = ...", status=2)
+        found.defaults[name] = convert(action, name, value, where)
+    if bucket is not None:
+        found.source = bucket if prefix is None else f"{bucket.partition(':')[0]}:{prefix}"
+    elif prefix is not None:
+        raise ConfigError(f"{path}: prefix without bucket", status=2)
+    if secrets:
+        if set(secrets) != {"access_key_id", "secret_access_key"}:
+            raise ConfigError(f"{path}: give both access_key_id and secret_access_key", status=2)
+        check_private(path, "config file with keys")
+        found.keys = Keys(secrets["access_key_id"], secrets["secret_access_key"],
+                          f"config file {path}")
+    return found
+
+
+def convert(action: argparse.Action, name: str, value: str, where: str) -> Any:
+    if action.choices and value not in action.choices:
+        raise ConfigError(f"{where}: {name}={value}: choose from {', '.join(action.choices)}",
+                          status=2)
+    try:
+        return action.type(value) if action.type else value
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"{where}: {name}: {exc}", status=2) from None
+
+
+def config_path(argv: list[str]) -> str | None:
+    """The --config file named by the command line, as a flag or as `-o config=FILE`."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    pre.add_argument("-o", dest="options", action="append", default=[])
+    known, _ = pre.parse_known_args(argv)
+    path = known.config
+    for group in known.options:
+        for item in group.split(","):
+            name, eq, value = item.partition("=")
+            if name == "config" and eq:
+                path = value
+    return path
+
+
+def resolve_keys(args: argparse.Namespace, file: FileConfig | None, bucket: str) -> Keys | None:
+    file_keys = file.keys if file else None
+    if args.passwd_file and file_keys:
+        raise ConfigError(f"keys in {file.path} and --passwd-file: give one of them",  # type: ignore[union-attr]
+                          status=2)
+    if args.passwd_file:
+        return read_passwd_file(os.path.abspath(args.passwd_file), bucket)
+    return file_keys
+
+
+def clear_dead_mount(mountpoint: str, shown: str) -> None:
+    """Take down the mount of an s3mount that died (SIGKILL, OOM), so a restart can mount again.
+
+    Such a mount answers every call with ENOTCONN; only an `fuse.s3mount` entry is touched.
+    """
+    try:
+        os.statvfs(mountpoint)  # statfs always reaches the daemon; stat may be cached
+        return
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            return
+    try:
+        with open("/proc/mounts", encoding="utf-8", errors="surrogateescape") as f:
+            ours = any(fields[1].replace("\\040", " ") == mountpoint
+                       and fields[2] == "fuse.s3mount"
+                       for fields in (line.split() for line in f) if len(fields) > 2)
+    except OSError:
+        ours = False
+    if not ours:
+        raise ConfigError(f"mount point {shown} is a FUSE mount whose program is gone: "
+                          f"run fusermount3 -u -z {shown}")
+    log.warning("%s: the s3mount that served it is gone; unmounting it (lazily)", shown)
+    for command in (["fusermount3", "-u", "-z", mountpoint], ["umount", "-l", mountpoint]):
+        try:
+            if subprocess.run(command, capture_output=True, timeout=30).returncode == 0:
+                return
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+    raise ConfigError(f"mount point {shown} is the dead mount of an earlier s3mount and "
+                      f"could not be unmounted: run fusermount3 -u -z {shown}")
+
+
 def make_config(argv: list[str]) -> MountConfig:
     parser = build_parser()
+    path = config_path(argv)
+    file = load_config_file(path, parser) if path else None
+    if file:
+        parser.set_defaults(**file.defaults)
     args = parser.parse_args(argv)
     apply_options(args, parser)
+    args.source = args.source or (file.source if file else None)
+    args.mountpoint = args.mountpoint or (file.mountpoint if file else None)
+    if not args.source or not args.mountpoint:
+        raise ConfigError("give BUCKET[:PREFIX] and MOUNTPOINT, on the command line or as "
+                          "`bucket` and `mountpoint` in --config (see s3mount --help)", status=2)
     bucket, _, prefix = args.source.partition(":")
     if not BUCKET_RE.match(bucket):
         raise ConfigError(f"{bucket!r} is not a valid bucket name", status=2)
@@ -142,6 +344,7 @@ def make_config(argv: list[str]) -> MountConfig:
     if "//" in prefix:
         raise ConfigError(f"prefix {prefix!r} has an empty segment", status=2)
     mountpoint = os.path.abspath(args.mountpoint)
+    clear_dead_mount(mountpoint, args.mountpoint)
     if not os.path.exists(mountpoint):
         raise ConfigError(f"mount point {args.mountpoint} does not exist")
     if not os.path.isdir(mountpoint):
@@ -150,6 +353,12 @@ def make_config(argv: list[str]) -> MountConfig:
         raise ConfigError(f"{args.mountpoint} is already a mount point")
     if args.max_concurrency < 1:
         raise ConfigError("--max-concurrency must be at least 1", status=2)
+    if args.ca_bundle and args.no_verify_ssl:
+        raise ConfigError("--ca-bundle and --no-verify-ssl contradict each other", status=2)
+    ca_bundle = os.path.abspath(args.ca_bundle) if args.ca_bundle else None
+    if ca_bundle and not os.path.isfile(ca_bundle):
+        raise ConfigError(f"CA bundle {args.ca_bundle} is not a file")
+    keys = resolve_keys(args, file, bucket)
     extra = {k: getattr(args, k) for k in ("uid", "gid") if getattr(args, k) is not None}
     return MountConfig(
         bucket=bucket, prefix=f"{prefix}/" if prefix else "", mountpoint=mountpoint,
@@ -159,14 +368,37 @@ def make_config(argv: list[str]) -> MountConfig:
         file_mode=args.file_mode, dir_mode=args.dir_mode, cache_dir=args.cache_dir,
         log_level=args.log_level, metadata_ttl=args.metadata_ttl,
         max_concurrency=args.max_concurrency, cache_size=args.cache_size,
-        max_readahead=args.max_readahead, **extra)
+        max_readahead=args.max_readahead, keys=keys, ca_bundle=ca_bundle,
+        verify_ssl=not args.no_verify_ssl, metrics_port=args.metrics_port, **extra)
+
+
+class JournalFormatter(logging.Formatter):
+    """Lines for journald: each starts with its sd-daemon priority (`<3>` error ... `<7>` debug),
+    which journald turns into the entry's PRIORITY; no time stamps, no colour."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{JOURNAL_PRIORITY.get(record.levelno, 6)}>"
+        return "\n".join(prefix + line for line in super().format(record).splitlines())
+
+
+def on_journal(stream: Any) -> bool:
+    """True when `stream` is the journald stream systemd gave us ($JOURNAL_STREAM=dev:ino)."""
+    dev, _, ino = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(stream.fileno())
+        return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (ValueError, OSError, AttributeError):
+        return False
 
 
 def setup_logging(level: str, stream: Any = None) -> None:
-    handler = logging.StreamHandler(stream or sys.stderr)
-    if (stream or sys.stderr).isatty():
+    stream = stream or sys.stderr
+    handler = logging.StreamHandler(stream)
+    if on_journal(stream):
+        handler.setFormatter(JournalFormatter("%(levelname)s %(name)s: %(message)s"))
+    elif stream.isatty():
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    else:  # journald and log files add their own time stamps
+    else:  # log files (and journald without $JOURNAL_STREAM) get no time stamps
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -187,6 +419,7 @@ def start(config: MountConfig) -> int:
 
 def daemonize(config: MountConfig, mount: Any, s3: Any) -> int:
     """Fork; the parent returns 0 once the child's mount answers, or 1 with its error."""
+    notify.forget()  # the daemon is no service's main process: it must not speak for one
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid:
@@ -227,9 +460,74 @@ def daemonize(config: MountConfig, mount: Any, s3: Any) -> int:
     os._exit(status)
 
 
-def main(argv: list[str] | None = None) -> int:
+def mount_helper_args(argv: list[str]) -> tuple[list[str], bool, str | None]:
+    """mount(8)'s helper call `SOURCE DIR [-sfnv] [-o OPTS] [-t TYPE]` as s3mount arguments.
+
+    Returns (arguments, fake, setuid user).  mount's `-f` means "fake" (do nothing), never our
+    foreground; `-s`, `-n`, `-v` and the type mean nothing here; `setuid=USER` runs the mount as
+    USER, as mount.fuse3 does.
+    """
+    positional: list[str] = []
+    options: list[str] = []
+    fake = False
+    user = None
+    items = iter(argv)
+    for arg in items:
+        if arg == "-o":
+            options.append(next(items, ""))
+        elif arg.startswith("-o"):
+            options.append(arg[2:])
+        elif arg == "-t":
+            next(items, None)
+        elif arg.startswith("-") and len(arg) > 1 and set(arg[1:]) <= set("sfnvrw"):
+            fake = fake or "f" in arg
+        else:
+            positional.append(arg)
+    kept = []
+    for group in options:
+        for item in filter(None, group.split(",")):
+            if item.startswith("setuid="):
+                user = item.partition("=")[2]
+            else:
+                kept.append(item)
+    out = [*positional]
+    if kept:
+        out += ["-o", ",".join(kept)]
+    return out, fake, user
+
+
+def become_user(name: str) -> None:
+    """Drop root for `setuid=USER` (mount.fuse3's option): groups, gid, uid and HOME."""
     try:
-        config = make_config(sys.argv[1:] if argv is None else argv)
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise ConfigError(f"setuid={name}: no such user", status=2) from None
+    os.initgroups(entry.pw_name, entry.pw_gid)
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    os.environ.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
+
+
+def is_mount_helper(prog: str) -> bool:
+    name = os.path.basename(prog)
+    return name.startswith(("mount.fuse.", "mount.fuse3.", "mount.s3mount"))
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    prog = sys.argv[0] if prog is None else prog
+    if argv[:1] == ["status"] and not is_mount_helper(prog):
+        from s3mount import status  # deferred: a mount never needs it
+
+        return status.main(argv[1:])
+    try:
+        if is_mount_helper(prog):
+            argv, fake, user = mount_helper_args(argv)
+            if fake:
+                return 0
+            if user:
+                become_user(user)
+        config = make_config(argv)
         setup_logging(config.log_level)
         if not config.foreground:
             config.cache_path().mkdir(mode=0o700, parents=True, exist_ok=True)

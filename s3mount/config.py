@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from s3mount.credentials import Keys
+
 MIB = 1024 * 1024
 
 
@@ -47,6 +49,10 @@ class MountConfig:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     max_attempts: int = 5
+    keys: Keys | None = field(default=None, repr=False)  # --passwd-file or config-file keys
+    ca_bundle: str | None = None
+    verify_ssl: bool = True
+    metrics_port: int | None = None  # Prometheus text on 127.0.0.1, when given
 
     def cache_budget(self) -> int:
         """Bytes the block cache may hold: the option, or a share of the disk that never

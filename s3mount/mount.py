@@ -2,7 +2,9 @@
 
 `run` returns once the filesystem is unmounted.  On `fusermount3 -u`/`umount` the kernel ends the
 session after every file was closed (and so committed); on SIGTERM/SIGINT every dirty file is
-uploaded first, then the mount is taken down.  `on_ready` is called only once the mount answers.
+uploaded first, then the mount is taken down; either way the uploads left are reported every
+second (log, STATUS=) until done.  `on_ready` is called, and READY=1 sent to `$NOTIFY_SOCKET`, only
+once the mount answers a stat and the status socket listens.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import pyfuse3
 import trio
 
+from s3mount import status
 from s3mount.blockcache import BlockCache
 from s3mount.blocking import Background, Limiters, run_blocking
 from s3mount.config import MountConfig
@@ -26,10 +29,16 @@ from s3mount.fuse_ops import FuseOperations
 from s3mount.handles import HandleTable
 from s3mount.inodes import InodeTable
 from s3mount.namespace import Namespace
+from s3mount.notify import Notifier
 from s3mount.s3 import S3Store
+from s3mount.status import Monitor, human_bytes
 from s3mount.uploader import Uploader
 
 log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL = 1.0  # seconds between STATUS= updates of a stop
+PROGRESS_LOG_EVERY = 5  # ... and between its log lines, in those intervals
+STATUS_INTERVAL = 5.0  # seconds between STATUS= updates while serving
 
 
 def build_filesystem(config: MountConfig, store: Any, limiters: Limiters,
@@ -56,12 +65,22 @@ def fuse_options(config: MountConfig) -> set[str]:
     return options
 
 
+def describe(config: MountConfig) -> str:
+    prefix = config.prefix.rstrip("/")
+    return f"s3://{config.bucket}{'/' + prefix if prefix else ''} on {config.mountpoint}"
+
+
 def run(config: MountConfig, client: Any, on_ready: Callable[[], None] | None = None) -> int:
     limiters = Limiters(config.max_concurrency)
     store = S3Store(client, config.bucket, config.prefix, limiters.s3)
     background = Background()
     fs = build_filesystem(config, store, limiters, background)
-    ops = FuseOperations(fs, attr_timeout=config.metadata_ttl, entry_timeout=config.metadata_ttl)
+    monitor = Monitor(config, fs, store)
+    notifier = Notifier()
+    # The kernel holds names and attributes for half the TTL, as Namespace does: together an
+    # answer is never older than the TTL.
+    half = config.metadata_ttl / 2
+    ops = FuseOperations(fs, attr_timeout=half, entry_timeout=half)
     try:
         pyfuse3.init(ops, config.mountpoint, fuse_options(config))
     except RuntimeError as exc:
@@ -69,15 +88,18 @@ def run(config: MountConfig, client: Any, on_ready: Callable[[], None] | None = 
                           "(is /dev/fuse there, and fusermount3 installed?)") from None
     failed = 0
     try:
-        failed = trio.run(_serve, fs, limiters, background, config.mountpoint, on_ready)
+        failed = trio.run(_serve, fs, limiters, background, monitor, notifier, on_ready)
     finally:
         pyfuse3.close(unmount=True)
     log.info("unmounted %s", config.mountpoint)
+    notifier.status(f"Unmounted {config.mountpoint}"
+                    + (f"; {failed} files could not be uploaded" if failed else ""))
     return 1 if failed else 0
 
 
-async def _serve(fs: Filesystem, limiters: Limiters, background: Background, mountpoint: str,
-                 on_ready: Callable[[], None] | None) -> int:
+async def _serve(fs: Filesystem, limiters: Limiters, background: Background, monitor: Monitor,
+                 notifier: Notifier, on_ready: Callable[[], None] | None) -> int:
+    config = monitor.config
     async with trio.open_nursery() as nursery:
         background.nursery = nursery
         async def fuse_main() -> None:
@@ -85,21 +107,82 @@ async def _serve(fs: Filesystem, limiters: Limiters, background: Background, mou
             nursery.cancel_scope.cancel()  # the kernel ended the session (umount)
 
         nursery.start_soon(fuse_main)
-        nursery.start_soon(_stop_on_signal, fs)
-        await run_blocking(limiters.disk, os.stat, mountpoint)  # answers only once live
-        log.info("mounted on %s", mountpoint)
+        nursery.start_soon(_stop_on_signal, fs, monitor, notifier)
+        await run_blocking(limiters.disk, os.stat, config.mountpoint)  # answers only once live
+        await nursery.start(status.serve_socket, monitor)
+        if config.metrics_port:
+            await nursery.start(status.serve_metrics, monitor, config.metrics_port)
+        monitor.state = "running"
+        log.info("mounted %s", describe(config))
         if on_ready is not None:
             on_ready()
+        notifier.ready(f"Mounted {describe(config)}")
+        if notifier.enabled:
+            nursery.start_soon(_report_status, monitor, notifier)
     with trio.CancelScope(shield=True):
-        return await fs.commit_all()
+        return await upload_all(fs, monitor, notifier)
 
 
-async def _stop_on_signal(fs: Filesystem) -> None:
+async def _stop_on_signal(fs: Filesystem, monitor: Monitor, notifier: Notifier) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("%s: uploading every dirty file, then unmounting",
                      signal.Signals(signum).name)
             with trio.CancelScope(shield=True):
-                await fs.commit_all()
+                await upload_all(fs, monitor, notifier)
             pyfuse3.terminate()
             return
+
+
+def progress_line(files: int, left: int) -> str:
+    return f"Stopping: uploading {files} file{'s' * (files != 1)}, {human_bytes(left)} left"
+
+
+async def upload_all(fs: Filesystem, monitor: Monitor, notifier: Notifier) -> int:
+    """Commit every dirty file, reporting the files and bytes left every second."""
+    again = monitor.state == "stopping"
+    monitor.begin_stop()
+    files, left = monitor.progress()
+    if again and not files:  # the unmount after a SIGTERM's uploads: nothing new to say
+        return await fs.commit_all()
+    if files:
+        log.info("uploading %d dirty files (%s) before unmounting", files, human_bytes(left))
+    notifier.stopping(progress_line(files, left) if files else "Stopping: unmounting")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_report_progress, monitor, notifier, files, left)
+        failed = await fs.commit_all()
+        nursery.cancel_scope.cancel()
+    if files:
+        log.info("uploads done: %d of %d files uploaded", files - failed, files)
+    notifier.status(f"Stopping: {failed} files could not be uploaded" if failed
+                    else "Stopping: every file uploaded, unmounting")
+    return failed
+
+
+async def _report_progress(monitor: Monitor, notifier: Notifier, files: int, left: int) -> None:
+    """STATUS= every second, a log line every few; more stop time while bytes still move."""
+    tick = 0
+    while True:
+        await trio.sleep(PROGRESS_INTERVAL)
+        tick += 1
+        now_files, now_left = monitor.progress()
+        if now_files == 0:
+            continue
+        line = progress_line(now_files, now_left)
+        notifier.status(line)
+        if (now_files, now_left) != (files, left):
+            notifier.extend_stop()
+        if tick % PROGRESS_LOG_EVERY == 0:
+            log.info("%s", line)
+        files, left = now_files, now_left
+
+
+async def _report_status(monitor: Monitor, notifier: Notifier) -> None:
+    """STATUS= while serving (systemctl status shows it): requests, dirty files, errors."""
+    while monitor.state == "running":
+        snap = monitor.snapshot()
+        s3, files = snap["s3"], snap["files"]
+        notifier.status(f"Mounted {describe(monitor.config)}: {s3['requests']} requests, "
+                        f"{files['dirty']} dirty files ({human_bytes(files['dirty_bytes'])}), "
+                        f"{s3['errors']} errors")
+        await trio.sleep(STATUS_INTERVAL)

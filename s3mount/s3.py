@@ -4,12 +4,20 @@ One client, built once on the main thread and shared by the worker threads (boto
 thread-safe; resources are not).  Every call runs through `run_blocking` on the `s3` limiter, which
 matches botocore's connection pool.  Retries and timeouts are botocore's own, bounded by the config;
 after them a call fails with an `FsError` from the one table below (`map_client_error`).
-Keys given to and returned by this class are relative to the mount's prefix.
+Keys given to and returned by this class are relative to the mount's prefix.  `RequestStats`
+counts every call, its bytes and its failures for `s3mount status` and the stop progress; its
+counters change only on the trio thread, between awaits.
+Credentials are boto3's chain unless the config carries `Keys` (passwd file); they are handed to
+boto3 and never logged (botocore's own loggers, which print signed headers at DEBUG, stay at
+WARNING).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+import warnings
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +33,7 @@ from botocore.exceptions import (
     NoCredentialsError,
     PartialCredentialsError,
     ProfileNotFound,
+    SSLError,
 )
 
 from s3mount import errors
@@ -36,6 +45,7 @@ log = logging.getLogger(__name__)
 
 SIGNATURE_VERSIONS = {"v4": "s3v4", "v2": "s3"}
 MAX_COPY_OBJECT = 5 * 1024**3  # CopyObject's limit; larger copies go multipart
+UPLOAD_KINDS = frozenset({"PUT", "PART", "PART-COPY", "COMPLETE-MPU"})
 
 # S3 error code (or HTTP status) -> the FsError it becomes.  The one table.
 ERROR_TABLE: dict[str, type[errors.FsError]] = {
@@ -76,12 +86,35 @@ def map_client_error(exc: Exception, what: str) -> errors.FsError:
     raise exc
 
 
+def credential_source(config: MountConfig) -> str:
+    """Where the keys come from, in words for error messages (never the keys themselves)."""
+    if config.keys is not None:
+        return config.keys.source or "the configuration"
+    if config.profile:
+        return f"profile {config.profile!r}"
+    return "boto3's default chain (environment, ~/.aws/credentials, ~/.aws/config)"
+
+
 def build_client(config: MountConfig) -> Any:
-    """The boto3 client for a mount: addressing, signature, bounded retries and timeouts."""
+    """The boto3 client for a mount: keys, TLS, addressing, signature, bounded retries and
+    timeouts."""
+    keys: dict[str, str] = {}
+    if config.keys is not None:
+        keys = {"aws_access_key_id": config.keys.access_key,
+                "aws_secret_access_key": config.keys.secret_key}
     try:
-        session = boto3.session.Session(profile_name=config.profile)
+        session = boto3.session.Session(profile_name=config.profile, **keys)
     except ProfileNotFound as exc:
         raise errors.ConfigError(f"profile not found: {exc}") from None
+    verify: bool | str = config.verify_ssl
+    if config.ca_bundle:
+        verify = config.ca_bundle
+    elif not config.verify_ssl:
+        # Chosen explicitly (--no-verify-ssl); said once at start-up, not on every request.
+        warnings.filterwarnings("ignore", message="Unverified HTTPS request")
+        if (config.endpoint_url or "https:").startswith("https:"):
+            log.warning("TLS certificates of %s are not verified (--no-verify-ssl)",
+                        config.endpoint_url or "AWS")
     botocore_config = Config(
         signature_version=SIGNATURE_VERSIONS[config.signature_version],
         s3={"addressing_style": config.addressing_style},
@@ -94,7 +127,7 @@ def build_client(config: MountConfig) -> Any:
         response_checksum_validation="when_required",
     )
     client = session.client("s3", endpoint_url=config.endpoint_url, region_name=config.region,
-                            config=botocore_config)
+                            config=botocore_config, verify=verify)
     # "Expect: 100-continue" costs every upload a second round trip; S3 does not need it.
     client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
     return client
@@ -102,6 +135,27 @@ def build_client(config: MountConfig) -> Any:
 
 def _etag(response: dict[str, Any]) -> str:
     return str(response.get("ETag", "")).strip('"')
+
+
+class RequestStats:
+    """What the store has asked of S3 so far: requests by kind, bytes, failures, in flight."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.requests: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.bytes_in = 0  # object bytes received (GET)
+        self.bytes_out = 0  # object bytes sent (PUT, parts)
+        self.in_flight = 0
+        self.uploads_in_flight = 0
+        self.last_error = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"requests": sum(self.requests.values()), "by_kind": dict(self.requests),
+                "errors": sum(self.errors.values()), "errors_by_kind": dict(self.errors),
+                "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+                "in_flight": self.in_flight, "uploads_in_flight": self.uploads_in_flight,
+                "last_error": self.last_error}
 
 
 class S3Store:
@@ -112,14 +166,28 @@ class S3Store:
         self.bucket = bucket
         self.prefix = prefix
         self.limiter = limiter
+        self.stats = RequestStats()
         self.transfer_config = TransferConfig(multipart_threshold=MAX_COPY_OBJECT,
                                               max_concurrency=4)
 
     async def _call(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        kind = what.split(" ", 1)[0]
+        upload = kind in UPLOAD_KINDS
+        stats = self.stats
+        stats.requests[kind] += 1
+        stats.in_flight += 1
+        stats.uploads_in_flight += upload
         try:
             return await run_blocking(self.limiter, fn, **kwargs)
         except (ClientError, BotoCoreError) as exc:
-            raise map_client_error(exc, what) from None
+            error = map_client_error(exc, what)
+            if not isinstance(error, errors.NotFound):  # a missing name is an answer
+                stats.errors[kind] += 1
+                stats.last_error = str(error)
+            raise error from None
+        finally:
+            stats.in_flight -= 1
+            stats.uploads_in_flight -= upload
 
     def _full(self, key: str) -> str:
         return self.prefix + key
@@ -166,7 +234,9 @@ class S3Store:
             with resp["Body"] as body:
                 return body.read()
 
-        return await self._call(f"GET {key}", fetch)
+        data: bytes = await self._call(f"GET {key}", fetch)
+        self.stats.bytes_in += len(data)
+        return data
 
     async def put(self, key: str, body: bytes, metadata: dict[str, str],
                   content_type: str | None = None) -> str:
@@ -174,7 +244,9 @@ class S3Store:
                                   "Metadata": metadata}
         if content_type:
             kwargs["ContentType"] = content_type
-        return _etag(await self._call(f"PUT {key}", self.client.put_object, **kwargs))
+        etag = _etag(await self._call(f"PUT {key}", self.client.put_object, **kwargs))
+        self.stats.bytes_out += len(body)
+        return etag
 
     async def put_file(self, key: str, path: str, size: int, metadata: dict[str, str]) -> str:
         def upload() -> dict[str, Any]:
@@ -183,7 +255,9 @@ class S3Store:
             return self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=body,
                                           Metadata=metadata)
 
-        return _etag(await self._call(f"PUT {key}", upload))
+        etag = _etag(await self._call(f"PUT {key}", upload))
+        self.stats.bytes_out += size
+        return etag
 
     async def copy(self, src: str, dst: str, size: int, metadata: dict[str, str] | None) -> str:
         """Server-side copy; `metadata` replaces the source's when given."""
@@ -230,7 +304,9 @@ class S3Store:
             return self.client.upload_part(Bucket=self.bucket, Key=self._full(key),
                                            UploadId=upload_id, PartNumber=number, Body=body)
 
-        return _etag(await self._call(f"PART {number} of {key}", upload))
+        etag = _etag(await self._call(f"PART {number} of {key}", upload))
+        self.stats.bytes_out += length
+        return etag
 
     async def upload_part_copy(self, key: str, upload_id: str, number: int, source: str,
                                start: int, end: int, source_etag: str | None) -> str:
@@ -266,7 +342,12 @@ def check_bucket(client: Any, config: MountConfig) -> None:
     except (NoCredentialsError, PartialCredentialsError):
         raise errors.ConfigError(
             "no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-            "use ~/.aws/credentials, or name a profile with --profile") from None
+            "use ~/.aws/credentials, name a profile with --profile, or give --passwd-file") \
+            from None
+    except SSLError as exc:
+        raise errors.ConfigError(
+            f"TLS certificate of {where} not accepted ({exc}): give its CA with --ca-bundle, "
+            "or skip the check with --no-verify-ssl") from None
     except (EndpointConnectionError, ConnectionError) as exc:
         raise errors.ConfigError(f"cannot reach the endpoint {where}: {exc}") from None
     except ClientError as exc:
@@ -278,8 +359,9 @@ def check_bucket(client: Any, config: MountConfig) -> None:
         if status == 403 or code in ("AccessDenied", "403", "InvalidAccessKeyId",
                                      "SignatureDoesNotMatch"):
             raise errors.ConfigError(
-                f"access denied to bucket {config.bucket!r} at {where}: check the access key, "
-                "secret key, profile and signature version") from None
+                f"access denied to bucket {config.bucket!r} at {where} ({code or status}) with "
+                f"keys from {credential_source(config)}: check the access key, secret key, "
+                "profile and signature version") from None
         raise errors.ConfigError(f"bucket {config.bucket!r} at {where}: {code} {exc}") from None
     except BotoCoreError as exc:
         raise errors.ConfigError(f"cannot use the endpoint {where}: {exc}") from None

@@ -1,0 +1,368 @@
+"""What a running mount is doing: counted in the daemon, read by `s3mount status MOUNTPOINT`.
+
+`Monitor` reads the live objects (the store's `RequestStats`, the block cache's counters, the inode
+table's staged files) into one plain dict; it changes nothing, and reads between awaits only, so
+every snapshot is consistent under trio.  The daemon serves that dict as one JSON line on a unix
+socket in the abstract namespace, named from the mount point (no file to clean up, no path-length
+limit), and, with `--metrics-port`, as Prometheus text on 127.0.0.1.  The socket answers only
+its own user and root (SO_PEERCRED); the client trusts only a server running as the mount's owner
+(`user_id=` in /proc/mounts) or root, so another user cannot pose as a mount's daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import socket
+import struct
+import sys
+import time
+from typing import Any
+
+import trio
+
+from s3mount import __version__
+
+log = logging.getLogger(__name__)
+
+FSTYPE = "fuse.s3mount"
+PEERCRED = struct.Struct("3i")  # pid, uid, gid
+MAX_REQUEST = 8192
+
+
+def socket_name(mountpoint: str) -> bytes:
+    """The abstract socket name for a mount point as /proc/mounts shows it (resolved).
+
+    The daemon resolves its mount point before mounting: afterwards a stat of it from the trio
+    thread would wait for the very loop that must answer it.
+    """
+    digest = hashlib.sha256(mountpoint.encode("utf-8", "surrogateescape"))
+    return b"\0s3mount-status-" + digest.hexdigest()[:32].encode()
+
+
+def peer_uid(sock: Any) -> int:
+    data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size)
+    return int(PEERCRED.unpack(data)[1])
+
+
+def sent_early(staged: Any) -> int:
+    """Bytes of a staged file already in the bucket as parts of its multipart upload (parts
+    sent while it was being written, and still of the current version)."""
+    upload = getattr(staged, "upload", None)
+    parts = getattr(upload, "parts", None) or {}
+    total = 0
+    for number, entry in list(parts.items()):
+        try:
+            _, version, length = entry
+            if staged.version(number) == version:
+                total += int(length)
+        except (TypeError, ValueError, AttributeError):
+            continue
+    return total
+
+
+def pending_uploads(inodes: list[Any]) -> tuple[int, int]:
+    """(files, bytes) staged locally and not yet in the bucket: what a stop must upload."""
+    files = size = 0
+    for inode in inodes:
+        staged = inode.staged
+        if staged is not None and not inode.unlinked and (staged.dirty or inode.local_only):
+            files += 1
+            size += max(0, int(staged.size) - sent_early(staged))
+    return files, size
+
+
+class Monitor:
+    """One mount's numbers, and its state (running, or stopping with the uploads left)."""
+
+    def __init__(self, config: Any, fs: Any, store: Any) -> None:
+        self.config = config
+        self.fs = fs
+        self.store = store
+        self.path = os.path.realpath(config.mountpoint)  # before mounting: see socket_name
+        self.started = time.time()
+        self.state = "starting"
+        self._stop_base: tuple[int, int] | None = None  # (pending bytes, bytes_out) at the stop
+
+    def pending(self) -> tuple[int, int]:
+        return pending_uploads(self.fs.table.all())
+
+    def begin_stop(self) -> None:
+        self.state = "stopping"
+        self._stop_base = (self.pending()[1], self.store.stats.bytes_out)
+
+    def progress(self) -> tuple[int, int]:
+        """(files, bytes) left to upload; bytes count down as parts reach the bucket."""
+        files, size = self.pending()
+        if self._stop_base is None or files == 0:
+            return files, size if files else 0
+        base_bytes, base_out = self._stop_base
+        sent = self.store.stats.bytes_out - base_out
+        return files, min(size, max(0, base_bytes - sent))
+
+    def snapshot(self) -> dict[str, Any]:
+        config, fs = self.config, self.fs
+        inodes = fs.table.all()
+        files, size = pending_uploads(inodes)
+        cache = fs.files.cache
+        lookups = cache.hits + cache.misses
+        out: dict[str, Any] = {
+            "version": __version__, "pid": os.getpid(), "state": self.state,
+            "mountpoint": config.mountpoint, "bucket": config.bucket, "prefix": config.prefix,
+            "endpoint": config.endpoint_url or "AWS", "read_only": config.read_only,
+            "uptime": round(time.time() - self.started, 1),
+            "s3": self.store.stats.as_dict(),
+            "cache": {"used_bytes": cache.used_bytes(), "capacity_bytes": int(cache.lru.maxsize),
+                      "hits": cache.hits, "misses": cache.misses,
+                      "hit_rate": round(cache.hits / lookups, 4) if lookups else None},
+            "files": {"inodes": len(inodes), "open": sum(i.opens for i in inodes),
+                      "dirty": files, "dirty_bytes": size},
+        }
+        if self.state == "stopping":
+            left_files, left_bytes = self.progress()
+            out["stop"] = {"files_left": left_files, "bytes_left": left_bytes}
+        return out
+
+
+# -- the daemon's side -----------------------------------------------------------------------
+
+
+async def serve_socket(monitor: Monitor, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Answer each connection with one JSON line; runs until cancelled."""
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        await sock.bind(socket_name(monitor.path))
+    except OSError as exc:
+        sock.close()
+        log.warning("no status socket for %s: %s", monitor.config.mountpoint, exc)
+        task_status.started()
+        return
+    sock.listen(16)
+
+    async def answer(stream: trio.SocketStream) -> None:
+        async with stream:
+            if peer_uid(stream.socket) not in (0, os.geteuid()):
+                return
+            line = json.dumps(monitor.snapshot()) + "\n"
+            try:
+                await stream.send_all(line.encode())
+            except trio.BrokenResourceError:
+                pass
+
+    task_status.started()
+    await trio.serve_listeners(answer, [trio.SocketListener(sock)])
+
+
+def prometheus(snap: dict[str, Any]) -> str:
+    """The snapshot as Prometheus text exposition (version 0.0.4)."""
+    labels = (f'bucket="{_escape(snap["bucket"])}",'
+              f'mountpoint="{_escape(snap["mountpoint"])}"')
+    s3, cache, files = snap["s3"], snap["cache"], snap["files"]
+    lines = [
+        "# HELP s3mount_info The mount this s3mount serves.",
+        "# TYPE s3mount_info gauge",
+        f'''s3mount_info{{{labels},version="{snap['version']}"}} 1''',
+    ]
+
+    def metric(name: str, kind: str, text: str, samples: list[tuple[str, Any]]) -> None:
+        lines.extend([f"# HELP {name} {text}", f"# TYPE {name} {kind}"])
+        lines.extend(f"{name}{{{labels}{extra}}} {value}" for extra, value in samples)
+
+    metric("s3mount_requests_total", "counter", "S3 requests by kind.",
+           [(f',kind="{k}"', v) for k, v in sorted(s3["by_kind"].items())] or [("", 0)])
+    metric("s3mount_request_errors_total", "counter", "Failed S3 requests by kind.",
+           [(f',kind="{k}"', v) for k, v in sorted(s3["errors_by_kind"].items())] or [("", 0)])
+    metric("s3mount_received_bytes_total", "counter", "Object bytes read from S3.",
+           [("", s3["bytes_in"])])
+    metric("s3mount_sent_bytes_total", "counter", "Object bytes written to S3.",
+           [("", s3["bytes_out"])])
+    metric("s3mount_requests_in_flight", "gauge", "S3 requests under way.",
+           [("", s3["in_flight"])])
+    metric("s3mount_upload_requests_in_flight", "gauge", "Uploads (PUT, parts) under way.",
+           [("", s3["uploads_in_flight"])])
+    metric("s3mount_cache_hits_total", "counter", "Block cache hits.", [("", cache["hits"])])
+    metric("s3mount_cache_misses_total", "counter", "Block cache misses.",
+           [("", cache["misses"])])
+    metric("s3mount_cache_used_bytes", "gauge", "Bytes in the block cache.",
+           [("", cache["used_bytes"])])
+    metric("s3mount_cache_capacity_bytes", "gauge", "Block cache budget.",
+           [("", cache["capacity_bytes"])])
+    metric("s3mount_dirty_files", "gauge", "Files not yet uploaded.", [("", files["dirty"])])
+    metric("s3mount_dirty_bytes", "gauge", "Bytes of files not yet uploaded.",
+           [("", files["dirty_bytes"])])
+    metric("s3mount_open_files", "gauge", "Open file handles.", [("", files["open"])])
+    return "\n".join(lines) + "\n"
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+async def serve_metrics(monitor: Monitor, port: int,
+                        task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """A minimal HTTP server on 127.0.0.1:port: GET /metrics answers; anything else is 404."""
+    try:
+        listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+    except OSError as exc:
+        log.warning("no metrics on 127.0.0.1:%d: %s", port, exc)
+        task_status.started()
+        return
+
+    async def answer(stream: trio.SocketStream) -> None:
+        async with stream:
+            request = b""
+            with trio.move_on_after(5):
+                while b"\r\n\r\n" not in request and len(request) < MAX_REQUEST:
+                    chunk = await stream.receive_some(4096)
+                    if not chunk:
+                        break
+                    request += chunk
+            first = request.split(b"\r\n", 1)[0].split()
+            if len(first) >= 2 and first[0] == b"GET" and first[1].split(b"?")[0] == b"/metrics":
+                status, body = "200 OK", prometheus(monitor.snapshot()).encode()
+            else:
+                status, body = "404 Not Found", b"not found; try /metrics\n"
+            head = (f"HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; "
+                    f"charset=utf-8\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+            try:
+                await stream.send_all(head.encode() + body)
+            except trio.BrokenResourceError:
+                pass
+
+    task_status.started()
+    await trio.serve_listeners(answer, listeners)
+
+
+# -- the command's side ------------------------------------------------------------------------
+
+
+def _unescape(field: str) -> str:
+    """/proc/mounts writes space, tab, newline and backslash as octal escapes."""
+    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace(
+        "\\134", "\\")
+
+
+def s3mount_mounts(table: str = "/proc/mounts") -> dict[str, int]:
+    """Mount point -> owner uid (user_id=) of every s3mount mount."""
+    found = {}
+    with open(table, encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 4 and fields[2] == FSTYPE:
+                options = dict(o.partition("=")[::2] for o in fields[3].split(","))
+                found[_unescape(fields[1])] = int(options.get("user_id", "0") or 0)
+    return found
+
+
+class StatusError(Exception):
+    pass
+
+
+def query(mountpoint: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The snapshot of the daemon serving `mountpoint`."""
+    owners = s3mount_mounts()
+    path = os.path.abspath(mountpoint)
+    if path not in owners:
+        path = os.path.realpath(mountpoint)
+    if path not in owners:
+        raise StatusError(f"{mountpoint} is not an s3mount mount point")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(socket_name(path))
+        except OSError as exc:
+            raise StatusError(f"the s3mount daemon of {mountpoint} does not answer ({exc}); "
+                              "it may run as another user, or be an older version") from None
+        if peer_uid(sock) not in (0, owners[path]):
+            raise StatusError(f"the status socket of {mountpoint} is not served by the mount's "
+                              "owner: not trusted")
+        data = b""
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except OSError as exc:
+            raise StatusError(f"reading the status of {mountpoint}: {exc}") from None
+    if not data:
+        raise StatusError(f"the s3mount daemon of {mountpoint} refused (run as its user or root)")
+    return dict(json.loads(data))
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def human_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{days}d"] * bool(days) + [f"{hours}h"] * bool(hours) + [f"{minutes}m"] * bool(
+        minutes)
+    return " ".join(parts[:2]) or f"{secs}s"
+
+
+def render(snap: dict[str, Any]) -> str:
+    s3, cache, files = snap["s3"], snap["cache"], snap["files"]
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(s3["by_kind"].items(), key=lambda kv: -kv[1]))
+    rate = "n/a" if cache["hit_rate"] is None else f"{cache['hit_rate'] * 100:.1f}%"
+    prefix = snap["prefix"].rstrip("/")
+    lines = [
+        f"{snap['mountpoint']}: s3://{snap['bucket']}{'/' + prefix if prefix else ''} at "
+        f"{snap['endpoint']}{' (read-only)' if snap['read_only'] else ''}",
+        f"  state:      {snap['state']}, pid {snap['pid']}, up {human_duration(snap['uptime'])},"
+        f" s3mount {snap['version']}",
+        f"  requests:   {s3['requests']}" + (f" ({kinds})" if kinds else "")
+        + f", {s3['in_flight']} in flight",
+        f"  bytes:      {human_bytes(s3['bytes_in'])} in, {human_bytes(s3['bytes_out'])} out",
+        f"  cache:      {human_bytes(cache['used_bytes'])} of "
+        f"{human_bytes(cache['capacity_bytes'])}, hit rate {rate} ({cache['hits']} hits, "
+        f"{cache['misses']} misses)",
+        f"  files:      {files['dirty']} dirty ({human_bytes(files['dirty_bytes'])}), "
+        f"{files['open']} open, {s3['uploads_in_flight']} upload requests in flight",
+        f"  errors:     {s3['errors']}" + (f" (last: {s3['last_error']})"
+                                           if s3["last_error"] else ""),
+    ]
+    if "stop" in snap:
+        lines.append(f"  stopping:   {snap['stop']['files_left']} files, "
+                     f"{human_bytes(snap['stop']['bytes_left'])} left to upload")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="s3mount status", description="Show what running s3mount mounts are doing: S3 "
+        "requests, bytes in and out, cache use and hit rate, dirty files, uploads, errors.")
+    parser.add_argument("mountpoints", nargs="*", metavar="MOUNTPOINT",
+                        help="default: every s3mount mount this user can ask")
+    parser.add_argument("--json", action="store_true", help="one JSON object per mount")
+    args = parser.parse_args(argv)
+    targets = args.mountpoints
+    if not targets:
+        try:
+            targets = sorted(s3mount_mounts())
+        except OSError as exc:
+            print(f"s3mount status: cannot read /proc/mounts: {exc}", file=sys.stderr)
+            return 1
+        if not targets:
+            print("s3mount status: no s3mount mounts", file=sys.stderr)
+            return 1
+    failed = 0
+    for number, target in enumerate(targets):
+        try:
+            snap = query(target)
+        except (StatusError, OSError, ValueError) as exc:
+            print(f"s3mount status: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        if args.json:
+            print(json.dumps(snap, sort_keys=True))
+        else:
+            print(("\n" if number else "") + render(snap))
+    return 1 if failed else 0
