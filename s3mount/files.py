@@ -85,6 +85,21 @@ class FileData:
                                             self.uploader.part_size)
         return inode.staged
 
+    async def journal(self, inode: Inode) -> None:
+        """Keep the crash journal of a dirty file in step with its key, metadata and upload."""
+        staged = inode.staged
+        if staged is None:
+            return
+        if inode.unlinked or not (staged.dirty or inode.local_only):
+            if staged.journal is not None:
+                await self._disk(staged.forget_journal)
+            return
+        meta = {k: v for k, v in self.metadata(inode).items() if k != "mtime"}
+        fields = {"key": self.namespace.key(inode), "metadata": meta,
+                  "upload_id": staged.upload.upload_id if staged.upload else None}
+        if fields != staged.journal:
+            await self._disk(lambda: staged.set_journal(**fields))
+
     async def _fill_gaps(self, inode: Inode, staged: StagedFile, start: int, end: int) -> None:
         key = self.namespace.key(inode)
         for gap_start, gap_end in staged.remote_gaps(start, end):
@@ -108,6 +123,7 @@ class FileData:
             inode.mtime_ns = inode.ctime_ns = staged.written_ns = time.time_ns()
             if staged.size > self.uploader.single_put_limit and not inode.unlinked:
                 await self._stream_parts(inode, staged, offset, offset + written)
+            await self.journal(inode)
             return written
 
     async def _stream_parts(self, inode: Inode, staged: StagedFile, start: int,
@@ -135,6 +151,7 @@ class FileData:
             await self._disk(staged.truncate, size)
             inode.size = size
             inode.mtime_ns = inode.ctime_ns = time.time_ns()
+            await self.journal(inode)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -210,6 +227,7 @@ class FileData:
             staged.dirty = False
             staged.base_etag, staged.base_valid = etag, staged.size
             staged.versions.clear()
+            await self._disk(staged.forget_journal)
             inode.etag, inode.size = etag, staged.size
             inode.fetched_at = time.monotonic()
             inode.meta_known = True

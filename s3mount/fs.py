@@ -225,6 +225,8 @@ class Filesystem:
             await self.files.drop_clean(inode)
         elif meta_changed and not self._metadata_rides_with_data(inode):
             await self._store_metadata(inode)
+        elif meta_changed:
+            await self.files.journal(inode)
         return inode
 
     def _metadata_rides_with_data(self, inode: Inode) -> bool:
@@ -294,6 +296,7 @@ class Filesystem:
 
     async def _persist_xattrs(self, inode: Inode, before: dict[str, bytes]) -> None:
         if self._metadata_rides_with_data(inode):
+            await self.files.journal(inode)
             return
         try:
             await self._store_metadata(inode)
@@ -355,6 +358,16 @@ class Filesystem:
             await self.store.delete(new_key + "/")
         self.table.move(src, dst_dir.ino, new_name)
         self.ns.forget_negative(dst_dir, new_name)
+        await self._journal_tree(src)
+
+    async def _journal_tree(self, top: Inode) -> None:
+        """After a rename, point the crash journals of staged files at their new keys."""
+        stack = [top]
+        while stack:
+            node = stack.pop()
+            stack.extend(self.table.children(node.ino))
+            if node.staged is not None:
+                await self.files.journal(node)
 
     async def _rename_file(self, src: Inode, dst: Inode | None, new_key: str) -> None:
         if dst is not None and dst.opens and dst.etag is not None:
@@ -457,6 +470,7 @@ class Filesystem:
         inode = self.table.add(parent.ino, name, stat.S_IFREG | (mode & 0o7777), uid, gid,
                                mtime_ns=now, ctime_ns=now, fetched_at=time.monotonic())
         await self.files.stage(inode)
+        await self.files.journal(inode)
         self.ns.forget_negative(parent, name)
         handle = self.handles.open_file(inode.ino, flags, pid)
         inode.opens += 1

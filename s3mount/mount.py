@@ -9,10 +9,12 @@ once the mount answers a stat and the status socket listens.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pyfuse3
@@ -30,6 +32,7 @@ from s3mount.handles import HandleTable
 from s3mount.inodes import InodeTable
 from s3mount.namespace import Namespace
 from s3mount.notify import Notifier
+from s3mount.recovery import Recovery
 from s3mount.s3 import S3Store
 from s3mount.status import Monitor, human_bytes
 from s3mount.uploader import Uploader
@@ -70,11 +73,35 @@ def describe(config: MountConfig) -> str:
     return f"s3://{config.bucket}{'/' + prefix if prefix else ''} on {config.mountpoint}"
 
 
+def lock_cache_dir(cache_dir: Path) -> Any:
+    """Hold the cache directory for this daemon alone: two mounts sharing staging files would
+    upload (or recover) each other's data."""
+    handle = open(cache_dir / "lock", "a+")  # noqa: SIM115 - held for the daemon's life
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigError(f"the cache directory {cache_dir} is in use by another s3mount; "
+                          "give each mount its own --cache-dir") from None
+    return handle
+
+
+def recover(config: MountConfig, fs: Filesystem) -> None:
+    """Finish what a crashed mount of the same bucket/prefix/cache left staged."""
+    staging = config.cache_path() / "staging"
+    outcome = trio.run(Recovery(staging, fs.store, fs.files.uploader).run)
+    if outcome.recovered or outcome.kept:
+        log.info("recovery after a crash: %d files uploaded (%d under conflict keys), "
+                 "%d kept staged", outcome.recovered, outcome.conflicts, outcome.kept)
+
+
 def run(config: MountConfig, client: Any, on_ready: Callable[[], None] | None = None) -> int:
     limiters = Limiters(config.max_concurrency)
     store = S3Store(client, config.bucket, config.prefix, limiters.s3)
     background = Background()
     fs = build_filesystem(config, store, limiters, background)
+    lock = lock_cache_dir(config.cache_path())
+    recover(config, fs)
     monitor = Monitor(config, fs, store)
     notifier = Notifier()
     # The kernel holds names and attributes for half the TTL, as Namespace does: together an
@@ -91,6 +118,7 @@ def run(config: MountConfig, client: Any, on_ready: Callable[[], None] | None = 
         failed = trio.run(_serve, fs, limiters, background, monitor, notifier, on_ready)
     finally:
         pyfuse3.close(unmount=True)
+        lock.close()
     log.info("unmounted %s", config.mountpoint)
     notifier.status(f"Unmounted {config.mountpoint}"
                     + (f"; {failed} files could not be uploaded" if failed else ""))

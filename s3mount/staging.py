@@ -5,12 +5,19 @@ A staged file is a sparse file plus the extents it holds for sure (`present`).  
 byte is in the local file (holes read as zeros).  `base_valid` only ever shrinks (truncate), so a
 byte once cut off is never read back from the old object.
 
+Crash safety: while a staged file is dirty, a journal beside it (`NAME.json`) names its key, its
+metadata, its base version and, when there is a base, the extents written locally.  Staging file +
+journal are enough to finish the upload at the next mount after SIGKILL (see `recovery.py`).  The
+journal is rewritten by rename, so it is always whole; a file without a base needs no extents (the
+staging file is the whole content), so only writes over a base rewrite it.
+
 All methods here block on the local disk: call them through `run_blocking` on the `disk` limiter.
-The file's owner (`fs.py`) serialises mutations per inode.
+The file's owner (`files.py`) serialises mutations per inode.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
@@ -65,7 +72,10 @@ class StagedFile:
     def __init__(self, directory: Path, size: int, base_etag: str | None,
                  part_size: int = 8 * 1024 * 1024) -> None:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.path = str(directory / f"{uuid.uuid4().hex}.data")
+        name = uuid.uuid4().hex
+        self.path = str(directory / f"{name}.data")
+        self.journal_path = str(directory / f"{name}.json")
+        self.journal: dict[str, Any] | None = None  # key, metadata, upload id, while dirty
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self.fd = fd
         os.ftruncate(fd, size)
@@ -78,6 +88,27 @@ class StagedFile:
         self.versions: dict[int, int] = {}  # multipart part number -> times it was changed
         self.upload: Any = None  # uploader.Multipart streaming this file's parts, if any
         self.written_ns = 0  # mtime the last write set (a different mtime was set explicitly)
+
+    def set_journal(self, **fields: Any) -> None:
+        """Record what the next mount needs to finish this file's upload after a crash."""
+        self.journal = fields
+        self._save_journal()
+
+    def _save_journal(self) -> None:
+        state = dict(self.journal or {}, size=self.size, base_etag=self.base_etag,
+                     base_valid=self.base_valid, present=self.present)
+        tmp = self.journal_path + ".tmp"
+        with open(tmp, "w", opener=lambda p, f: os.open(p, f, 0o600)) as out:
+            json.dump(state, out)
+        os.replace(tmp, self.journal_path)
+
+    def forget_journal(self) -> None:
+        """The data is in the bucket: nothing to recover any more."""
+        self.journal = None
+        try:
+            os.unlink(self.journal_path)
+        except FileNotFoundError:
+            pass
 
     def _touch(self, start: int, end: int) -> None:
         for number in parts_within(start, end, self.part_size):
@@ -103,6 +134,8 @@ class StagedFile:
         if end > self.size:
             self.size = end
         self.dirty = True
+        if self.journal is not None and self.base_etag is not None:
+            self._save_journal()  # which bytes are local now
         return written
 
     def fill(self, offset: int, data: bytes) -> None:
@@ -123,6 +156,8 @@ class StagedFile:
             self.present = add_extent(self.present, self.size, size)
         self.size = size
         self.dirty = True
+        if self.journal is not None:
+            self._save_journal()
 
     def remote_gaps(self, start: int, end: int) -> list[Extent]:
         """Ranges of [start, end) that must still come from the base object."""
@@ -134,6 +169,7 @@ class StagedFile:
         return os.pread(self.fd, size, offset) if size else b""
 
     def close(self) -> None:
+        self.forget_journal()
         try:
             os.close(self.fd)
         finally:
