@@ -33,7 +33,8 @@ log = logging.getLogger("s3mount")
 IGNORED_OPTIONS = {"rw", "defaults", "auto", "noauto", "user", "nouser", "users", "_netdev",
                    "nofail", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime",
                    "noatime", "relatime", "nodiratime", "async", "sync"}
-FLAG_OPTIONS = {"foreground", "read_only", "allow_other", "no_verify_ssl"}
+FLAG_OPTIONS = {"foreground", "read_only", "allow_other", "no_verify_ssl",
+                "no_conditional_writes"}
 OPTION_ALIASES = {"ro": "read_only", "f": "foreground"}
 BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
 # Keys a --config file may hold besides the options: what to mount, and keys kept off argv.
@@ -129,6 +130,15 @@ def build_parser() -> Parser:
                    "10G and a quarter of the free space)")
     p.add_argument("--max-readahead", type=size_arg, default=64 * 1024 * 1024,
                    help="largest read-ahead window of a sequential reader, e.g. 64M")
+    p.add_argument("--no-conditional-writes", action="store_true",
+                   help="for endpoints without If-Match/If-None-Match on PUT: commit without "
+                   "checking that nobody else changed the object (a concurrent change is lost)")
+    p.add_argument("--connect-timeout", type=positive(float), default=10.0,
+                   help="seconds to wait for a connection to the endpoint")
+    p.add_argument("--read-timeout", type=positive(float), default=60.0,
+                   help="seconds to wait for a response before the request is retried")
+    p.add_argument("--max-attempts", type=positive(int), default=5,
+                   help="attempts per request (with backoff) before the call fails with EIO")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    default="info")
     p.add_argument("--metrics-port", type=port, default=None,
@@ -369,7 +379,10 @@ def make_config(argv: list[str]) -> MountConfig:
         log_level=args.log_level, metadata_ttl=args.metadata_ttl,
         max_concurrency=args.max_concurrency, cache_size=args.cache_size,
         max_readahead=args.max_readahead, keys=keys, ca_bundle=ca_bundle,
-        verify_ssl=not args.no_verify_ssl, metrics_port=args.metrics_port, **extra)
+        verify_ssl=not args.no_verify_ssl, metrics_port=args.metrics_port,
+        conditional_writes=not args.no_conditional_writes,
+        connect_timeout=args.connect_timeout, read_timeout=args.read_timeout,
+        max_attempts=max(1, args.max_attempts), **extra)
 
 
 class JournalFormatter(logging.Formatter):

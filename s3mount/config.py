@@ -49,6 +49,7 @@ class MountConfig:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     max_attempts: int = 5
+    conditional_writes: bool = True
     keys: Keys | None = field(default=None, repr=False)  # --passwd-file or config-file keys
     ca_bundle: str | None = None
     verify_ssl: bool = True

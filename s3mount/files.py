@@ -22,15 +22,18 @@ from s3mount.blocking import Background, Limiters, run_blocking
 from s3mount.errors import FsError, NoSpace, NotFound, Stale
 from s3mount.handles import FileHandle
 from s3mount.inodes import Inode
+from s3mount.keys import conflict_key
 from s3mount.namespace import Namespace
 from s3mount.parts import part_span, parts_within
 from s3mount.staging import StagedFile
-from s3mount.store import ObjectStore, PosixAttrs, encode_attrs, encode_xattrs
+from s3mount.store import EXPECT_ABSENT, ObjectStore, PosixAttrs, encode_attrs, encode_xattrs
 from s3mount.uploader import Uploader
 
 log = logging.getLogger(__name__)
 
 FETCH_CHUNK = 8 * 1024 * 1024
+RETRY_FIRST = 2.0  # seconds before a failed commit is tried again in the background
+RETRY_MAX = 60.0
 SPACE_CHECK_EVERY = 32 * 1024 * 1024  # bytes written between looks at the disk's free space
 MIN_FREE = 256 * 1024 * 1024  # staging never takes the cache disk below this
 
@@ -38,7 +41,8 @@ MIN_FREE = 256 * 1024 * 1024  # staging never takes the cache disk below this
 class FileData:
     def __init__(self, store: ObjectStore, namespace: Namespace, uploader: Uploader,
                  limiters: Limiters, staging_dir: Path, cache: BlockCache,
-                 background: Background, max_readahead: int) -> None:
+                 background: Background, max_readahead: int, conditional: bool = True,
+                 ) -> None:
         self.store = store
         self.namespace = namespace
         self.uploader = uploader
@@ -48,6 +52,8 @@ class FileData:
         self.background = background
         self.max_window = max(1, max_readahead // cache.block_size)
         self._locks: dict[int, trio.Lock] = {}
+        self._retrying: set[int] = set()
+        self.conditional = conditional  # If-Match / If-None-Match on commits
         self._since_space_check = SPACE_CHECK_EVERY
 
     async def _ensure_space(self, incoming: int) -> None:
@@ -83,6 +89,7 @@ class FileData:
             size = 0 if base is None else inode.size
             inode.staged = await self._disk(StagedFile, self.staging_dir, size, base,
                                             self.uploader.part_size)
+            inode.staged.expect = inode.etag if inode.etag is not None else EXPECT_ABSENT
         return inode.staged
 
     async def journal(self, inode: Inode) -> None:
@@ -218,12 +225,18 @@ class FileData:
             if inode.unlinked or staged is None or not (staged.dirty or inode.local_only):
                 return
             key = self.namespace.key(inode)
-            if staged.upload is None and staged.size <= self.uploader.single_put_limit:
-                await self._fill_gaps(inode, staged, 0, staged.size)
-                etag = await self.uploader.upload(key, staged.path, staged.size,
-                                                  self.metadata(inode))
-            else:
-                etag = await self._commit_multipart(inode, staged, key)
+            expect = staged.expect if self.conditional else None
+            try:
+                if staged.upload is None and staged.size <= self.uploader.single_put_limit:
+                    await self._fill_gaps(inode, staged, 0, staged.size)
+                    etag = await self.uploader.upload(key, staged.path, staged.size,
+                                                      self.metadata(inode), expect)
+                else:
+                    etag = await self._commit_multipart(inode, staged, key, expect)
+            except Stale:
+                await self._keep_as_conflict(inode, staged, key)
+                raise
+            staged.expect = etag
             staged.dirty = False
             staged.base_etag, staged.base_valid = etag, staged.size
             staged.versions.clear()
@@ -233,7 +246,27 @@ class FileData:
             inode.meta_known = True
             log.debug("committed %s (%d bytes)", key, staged.size)
 
-    async def _commit_multipart(self, inode: Inode, staged: StagedFile, key: str) -> str:
+    async def _keep_as_conflict(self, inode: Inode, staged: StagedFile, key: str) -> None:
+        """Another client changed the object: never overwrite it; ours goes beside it."""
+        if staged.remote_gaps(0, staged.size):
+            # Our version is the old object plus our writes, and the old object is gone: keep
+            # what we wrote, with its journal, out of the way of recovery and retries.
+            keep = await self._disk(staged.move_to, self.staging_dir.parent / "conflicts")
+            log.error("%s changed in the bucket before our changes to it were uploaded, and "
+                      "the old version they applied to is gone: our writes are kept in %s",
+                      key, keep)
+        else:
+            target = conflict_key(key)
+            await self.uploader.upload(target, staged.path, staged.size, self.metadata(inode))
+            log.warning("%s was changed in the bucket by another client; ours is kept as %s",
+                        key, target)
+            await self._disk(staged.forget_journal)
+        staged.dirty = False
+        inode.fetched_at = 0.0  # the next open sees the other client's version
+        return
+
+    async def _commit_multipart(self, inode: Inode, staged: StagedFile, key: str,
+                                expect: str | None) -> str:
         """Complete the file's multipart upload: parts sent early and unchanged are kept,
         untouched ranges of the old object are copied server-side, the rest is sent."""
         upload, staged.upload = staged.upload, None
@@ -260,7 +293,7 @@ class FileData:
             return await self.store.upload_part(key, upload.upload_id, number, staged.path,
                                                 offset, length)
 
-        etag = await self.uploader.finish(upload, staged.size, source)
+        etag = await self.uploader.finish(upload, staged.size, source, expect)
         if fix_metadata:  # attributes changed after the upload began
             etag = await self.store.copy(key, key, staged.size, metadata)
         return etag
@@ -281,6 +314,32 @@ class FileData:
                 await self._disk(staged.close)
         if inode.opens == 0 and inode.staged is None:
             self._locks.pop(inode.ino, None)
+
+    def retry_later(self, inode: Inode) -> None:
+        """Keep trying to upload a file whose commit failed, with backoff, in the background."""
+        if inode.ino not in self._retrying and self.background.start(self._retry, inode):
+            self._retrying.add(inode.ino)
+
+    async def _retry(self, inode: Inode) -> None:
+        delay = RETRY_FIRST
+        key = self.namespace.key(inode)
+        try:
+            while inode.staged is not None and not inode.unlinked and (
+                    inode.staged.dirty or inode.local_only):
+                await trio.sleep(delay)
+                try:
+                    await self.commit(inode)
+                except Stale:
+                    return  # a conflict: handled (and logged) by commit
+                except FsError as exc:
+                    delay = min(delay * 2, RETRY_MAX)
+                    log.warning("still cannot upload %s (%s); next try in %.0f s", key, exc,
+                                delay)
+                    continue
+                log.info("uploaded %s after an earlier failure", key)
+                await self.drop_clean(inode)
+        finally:
+            self._retrying.discard(inode.ino)
 
     async def commit_all(self, inodes: list[Inode]) -> list[tuple[Inode, FsError]]:
         """Commit every dirty inode; the failures, with their errors."""

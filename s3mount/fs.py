@@ -25,6 +25,7 @@ from s3mount.keys import check_key_length, decode_name, dir_prefix, join
 from s3mount.namespace import Namespace
 from s3mount.store import (
     DIRECTORY_CONTENT_TYPE,
+    EXPECT_ABSENT,
     USER_METADATA_LIMIT,
     ObjectStore,
     PosixAttrs,
@@ -245,7 +246,7 @@ class Filesystem:
         elif inode.etag is not None:
             inode.etag = await self.store.copy(key, key, inode.size, meta)
             if inode.staged is not None:  # open and clean: its base is the new version
-                inode.staged.base_etag = inode.etag
+                inode.staged.base_etag = inode.staged.expect = inode.etag
         inode.fetched_at = time.monotonic()
         inode.meta_known = True
 
@@ -373,14 +374,16 @@ class Filesystem:
         if dst is not None and dst.opens and dst.etag is not None:
             await self.files.materialize(dst)  # the replaced file stays readable while open
         async with self.files.lock(src):
-            if src.etag is None:
-                return  # not in the bucket yet: the commit will write the new key
+            if src.etag is None:  # not in the bucket yet: the commit will write the new key,
+                if src.staged is not None:  # over what is there now
+                    src.staged.expect = dst.etag if dst is not None and dst.etag else EXPECT_ABSENT
+                return
             old_key = self.table.key(src)
             etag = await self.store.copy(old_key, new_key, src.size, None)
             await self.store.delete(old_key)
             src.etag = etag
             if src.staged is not None:
-                src.staged.base_etag = etag
+                src.staged.base_etag = src.staged.expect = etag
 
     async def _rename_tree(self, src: Inode, new_key: str) -> None:
         """Copy every key under the directory, then delete the old ones: the source is never
@@ -426,7 +429,7 @@ class Filesystem:
                     if etag is not None:
                         child.etag = etag
                         if child.staged is not None:
-                            child.staged.base_etag = etag
+                            child.staged.base_etag = child.staged.expect = etag
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -505,8 +508,12 @@ class Filesystem:
         if inode.opens == 0:
             try:
                 await self.files.commit(inode)
+            except errors.Stale:
+                pass  # another client's change: ours went to a conflict key, already logged
             except errors.FsError as exc:
-                log.error("%s stays staged, its upload failed: %s", self.table.key(inode), exc)
+                log.error("%s stays staged, its upload failed: %s; retrying in the background",
+                          self.table.key(inode), exc)
+                self.files.retry_later(inode)
             await self.files.drop_clean(inode)
         self.table.settle(inode)
 

@@ -6,6 +6,8 @@ filesystem a key is always relative to the prefix; `s3.py` adds and strips the p
 
 from __future__ import annotations
 
+import time
+
 from s3mount.errors import InvalidName, NameTooLong
 
 NAME_MAX = 255
@@ -60,3 +62,9 @@ def split_listing_name(prefix: str, key: str) -> str | None:
     if not is_posix_segment(rest) or "/" in rest:
         return None
     return rest
+
+
+def conflict_key(key: str, when: float | None = None) -> str:
+    """Where our version goes when another client changed the object under us."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
+    return f"{key}.s3mount-conflict-{stamp}"

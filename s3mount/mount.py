@@ -55,7 +55,8 @@ def build_filesystem(config: MountConfig, store: Any, limiters: Limiters,
     blocks = BlockCache(cache_dir / "blocks", config.cache_budget(), config.block_size,
                         limiters.disk)
     files = FileData(store, namespace, uploader, limiters, cache_dir / "staging", blocks,
-                     background or Background(), config.max_readahead)
+                     background or Background(), config.max_readahead,
+                     config.conditional_writes)
     return Filesystem(config, store, table, namespace, files, HandleTable())
 
 

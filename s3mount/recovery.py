@@ -14,22 +14,17 @@ import hashlib
 import json
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from s3mount.errors import FsError
+from s3mount.keys import conflict_key
 from s3mount.staging import missing_ranges
 from s3mount.store import ObjectStore
 from s3mount.uploader import Uploader
 
 log = logging.getLogger(__name__)
-
-
-def conflict_key(key: str, when: float | None = None) -> str:
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
-    return f"{key}.s3mount-conflict-{stamp}"
 
 
 @dataclass

@@ -39,7 +39,7 @@ from botocore.exceptions import (
 from s3mount import errors
 from s3mount.blocking import run_blocking
 from s3mount.config import MountConfig
-from s3mount.store import ListPage, ObjectInfo
+from s3mount.store import EXPECT_ABSENT, ListPage, ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,16 @@ def build_client(config: MountConfig) -> Any:
     # "Expect: 100-continue" costs every upload a second round trip; S3 does not need it.
     client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
     return client
+
+
+def _condition(expect: str | None) -> dict[str, str]:
+    """Conditional-write headers: "*" = the key must not exist, an ETag = it must still be
+    that version, None = unconditional."""
+    if expect is None:
+        return {}
+    if expect == EXPECT_ABSENT:
+        return {"IfNoneMatch": "*"}
+    return {"IfMatch": f'"{expect}"'}
 
 
 def _etag(response: dict[str, Any]) -> str:
@@ -248,12 +258,14 @@ class S3Store:
         self.stats.bytes_out += len(body)
         return etag
 
-    async def put_file(self, key: str, path: str, size: int, metadata: dict[str, str]) -> str:
+    async def put_file(self, key: str, path: str, size: int, metadata: dict[str, str],
+                       expect: str | None = None) -> str:
+        """PUT the first `size` bytes of a file; `expect` makes it conditional (see store)."""
         def upload() -> dict[str, Any]:
             with open(path, "rb") as f:
                 body = f.read(size)
             return self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=body,
-                                          Metadata=metadata)
+                                          Metadata=metadata, **_condition(expect))
 
         etag = _etag(await self._call(f"PUT {key}", upload))
         self.stats.bytes_out += size
@@ -322,11 +334,11 @@ class S3Store:
         return _etag(resp.get("CopyPartResult", {}))
 
     async def complete_multipart(self, key: str, upload_id: str,
-                                 parts: list[tuple[int, str]]) -> str:
+                                 parts: list[tuple[int, str]], expect: str | None = None) -> str:
         listing = [{"PartNumber": n, "ETag": f'"{e}"'} for n, e in sorted(parts)]
         resp = await self._call(f"COMPLETE-MPU {key}", self.client.complete_multipart_upload,
                                 Bucket=self.bucket, Key=self._full(key), UploadId=upload_id,
-                                MultipartUpload={"Parts": listing})
+                                MultipartUpload={"Parts": listing}, **_condition(expect))
         return _etag(resp)
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:

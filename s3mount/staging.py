@@ -88,6 +88,10 @@ class StagedFile:
         self.versions: dict[int, int] = {}  # multipart part number -> times it was changed
         self.upload: Any = None  # uploader.Multipart streaming this file's parts, if any
         self.written_ns = 0  # mtime the last write set (a different mtime was set explicitly)
+        # What the object in the bucket must still be when we commit over it: its ETag, or
+        # EXPECT_ABSENT ("*") for a file that did not exist (conditional writes).
+        self.expect: str | None = base_etag
+        self.kept = False  # moved aside after a conflict: close must not delete it
 
     def set_journal(self, **fields: Any) -> None:
         """Record what the next mount needs to finish this file's upload after a crash."""
@@ -101,6 +105,21 @@ class StagedFile:
         with open(tmp, "w", opener=lambda p, f: os.open(p, f, 0o600)) as out:
             json.dump(state, out)
         os.replace(tmp, self.journal_path)
+
+    def move_to(self, directory: Path) -> str:
+        """Move the data and its journal to `directory` (kept for a person to look at)."""
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        name = os.path.basename(self.path)
+        new_path = str(directory / name)
+        os.replace(self.path, new_path)
+        self.forget_journal()
+        self.path = new_path
+        self.journal_path = str(directory / name.replace(".data", ".json"))
+        self._save_journal()
+        self.journal = None  # the kept journal is not ours to rewrite or delete
+        self.journal_path += ".kept"
+        self.kept = True
+        return new_path
 
     def forget_journal(self) -> None:
         """The data is in the bucket: nothing to recover any more."""
@@ -174,6 +193,7 @@ class StagedFile:
             os.close(self.fd)
         finally:
             try:
-                os.unlink(self.path)
+                if not self.kept:
+                    os.unlink(self.path)
             except FileNotFoundError:
                 pass

@@ -59,17 +59,19 @@ class Uploader:
         self.single_put_limit = single_put_limit
         self.concurrency = concurrency
 
-    async def upload(self, key: str, path: str, size: int, metadata: dict[str, str]) -> str:
-        """Upload `size` bytes of the file at `path` as object `key`; returns the new ETag."""
+    async def upload(self, key: str, path: str, size: int, metadata: dict[str, str],
+                     expect: str | None = None) -> str:
+        """Upload `size` bytes of the file at `path` as object `key`; returns the new ETag.
+        With `expect`, the write is conditional (`Stale` when the object is not as expected)."""
         if size <= self.single_put_limit:
-            return await self.store.put_file(key, path, size, metadata)
+            return await self.store.put_file(key, path, size, metadata, expect)
         upload = await self.begin(key, metadata)
 
         async def send(number: int, offset: int, length: int) -> str:
             return await self.store.upload_part(key, upload.upload_id, number, path, offset,
                                                 length)
 
-        return await self.finish(upload, size, send)
+        return await self.finish(upload, size, send, expect)
 
     async def begin(self, key: str, metadata: dict[str, str]) -> Multipart:
         return Multipart(key, await self.store.create_multipart(key, metadata), metadata)
@@ -91,7 +93,8 @@ class Uploader:
                 upload.idle.set()
                 upload.idle = trio.Event()
 
-    async def finish(self, upload: Multipart, size: int, source: PartSource) -> str:
+    async def finish(self, upload: Multipart, size: int, source: PartSource,
+                     expect: str | None = None) -> str:
         """Send every part `source` produces, in parallel, and complete the upload.
 
         Any failure aborts the upload (shielded, so cancellation cannot skip it).
@@ -112,7 +115,8 @@ class Uploader:
                         nursery.start_soon(one, number, offset, length)
             except BaseExceptionGroup as group:
                 raise unwrap_group(group) from None
-            etag = await self.store.complete_multipart(upload.key, upload.upload_id, done)
+            etag = await self.store.complete_multipart(upload.key, upload.upload_id, done,
+                                                       expect)
             completed = True
             log.debug("uploaded %s: %d bytes in %d parts", upload.key, size, len(plan))
             return etag

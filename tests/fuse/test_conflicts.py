@@ -1,0 +1,86 @@
+"""Conflicting writers: a commit over an object checks the version it started from (If-Match),
+a new file checks that nobody created it meanwhile (If-None-Match: *). The loser's close(2)
+fails with ESTALE and its data is kept under a conflict key; nothing is silently lost."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+from helpers import bucket_objects
+
+
+def conflicts_of(objects: dict[str, bytes], key: str) -> list[bytes]:
+    return [v for k, v in objects.items() if k.startswith(f"{key}.s3mount-conflict-")]
+
+
+def test_lost_update_is_detected(mounted, s3_client, bucket):
+    s3_client.put_object(Bucket=bucket, Key="doc.txt", Body=b"v1")
+    mounted.expected_problems += ["changed in the bucket", "PreconditionFailed"]
+    f = open(mounted.path / "doc.txt", "r+b")  # noqa: SIM115
+    f.write(b"ours")
+    f.flush()
+    s3_client.put_object(Bucket=bucket, Key="doc.txt", Body=b"theirs")
+    with pytest.raises(OSError) as exc:
+        f.close()
+    assert exc.value.errno == errno.ESTALE
+    objects = bucket_objects(s3_client, bucket)
+    assert objects["doc.txt"] == b"theirs"
+    assert conflicts_of(objects, "doc.txt") == [b"ours"]
+
+
+def test_concurrent_create_is_detected(mounted, s3_client, bucket):
+    mounted.expected_problems += ["changed in the bucket", "PreconditionFailed"]
+    f = open(mounted.path / "new.txt", "wb")  # noqa: SIM115
+    f.write(b"mine")
+    f.flush()
+    s3_client.put_object(Bucket=bucket, Key="new.txt", Body=b"someone else's")
+    with pytest.raises(OSError) as exc:
+        f.close()
+    assert exc.value.errno == errno.ESTALE
+    objects = bucket_objects(s3_client, bucket)
+    assert objects["new.txt"] == b"someone else's"
+    assert conflicts_of(objects, "new.txt") == [b"mine"]
+
+
+def test_large_file_lost_update_is_detected(mounted, s3_client, bucket):
+    base = os.urandom(20 * 1024 * 1024)
+    s3_client.put_object(Bucket=bucket, Key="big.bin", Body=base)
+    mounted.expected_problems += ["changed in the bucket", "PreconditionFailed"]
+    f = open(mounted.path / "big.bin", "r+b")  # noqa: SIM115
+    f.write(b"X" * 1000)
+    f.read(10)  # bytes of the old version come local before it changes
+    f.seek(0)
+    f.write(b"Y" * 1000)
+    f.flush()
+    s3_client.put_object(Bucket=bucket, Key="big.bin", Body=b"replaced")
+    with pytest.raises(OSError) as exc:
+        f.close()
+    assert exc.value.errno in (errno.ESTALE, errno.EIO)
+    objects = bucket_objects(s3_client, bucket)
+    assert objects == {"big.bin": b"replaced"}  # never overwritten
+    kept = list((mounted.cache_dir / "conflicts").glob("*.data"))
+    assert len(kept) == 1  # our writes, kept for a person to look at
+    with open(kept[0], "rb") as data:
+        assert data.read(1000) == b"Y" * 1000
+    assert not list((mounted.cache_dir / "staging").glob("*.json"))  # nothing to re-upload
+
+
+def test_rename_of_unflushed_file_over_existing_is_no_conflict(mounted, s3_client, bucket):
+    (mounted.path / "target.txt").write_text("old")
+    with open(mounted.path / ".target.tmp", "w") as f:
+        f.write("new")
+        f.flush()
+        os.rename(mounted.path / ".target.tmp", mounted.path / "target.txt")
+    assert bucket_objects(s3_client, bucket) == {"target.txt": b"new"}
+
+
+def test_without_conditional_writes_the_last_writer_wins(make_mount, s3_client, bucket):
+    m = make_mount(bucket, "--no-conditional-writes")
+    s3_client.put_object(Bucket=bucket, Key="doc.txt", Body=b"v1")
+    with open(m.path / "doc.txt", "r+b") as f:
+        f.write(b"ours")
+        f.flush()
+        s3_client.put_object(Bucket=bucket, Key="doc.txt", Body=b"theirs")
+    assert bucket_objects(s3_client, bucket) == {"doc.txt": b"ours"}
