@@ -210,6 +210,8 @@ class Filesystem:
             if inode.is_dir:
                 raise errors.IsADirectory(inode.name)
             await self.files.truncate(inode, size)
+            if fh is not None:
+                self.handles.file(fh).wrote = True  # ftruncate: its close commits
         meta_changed = False
         if mode is not None:
             inode.mode = inode.kind | stat.S_IMODE(mode)
@@ -476,6 +478,7 @@ class Filesystem:
         await self.files.journal(inode)
         self.ns.forget_negative(parent, name)
         handle = self.handles.open_file(inode.ino, flags, pid)
+        handle.wrote = True  # a new file exists in the bucket once it is closed, even empty
         inode.opens += 1
         return handle, inode
 
@@ -495,10 +498,12 @@ class Filesystem:
         if handle.error is not None:
             error, handle.error = handle.error, None
             raise error
-        await self.files.commit(self.inode(handle.ino))
+        if handle.wrote:  # a reader's close never fails for another writer's upload
+            await self.files.commit(self.inode(handle.ino))
 
     async def fsync(self, fh: int) -> None:
-        await self.flush(fh)
+        """fsync(2) on any handle puts the file's data in the bucket."""
+        await self.files.commit(self.inode(self.handles.file(fh).ino))
 
     async def release(self, fh: int) -> None:
         handle = self.handles.file(fh)

@@ -1,0 +1,137 @@
+"""A fault-injecting HTTP proxy on loopback, between s3mount and the S3 server.
+
+Each request is forwarded unchanged unless a rule matches it: answer 500, answer 503 SlowDown,
+reset the connection, stall before answering, or (when `down`) reset everything.  Rules count
+down and then stop matching.  Runs in threads of the test process, which controls it directly.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
+
+
+@dataclass
+class Rule:
+    action: str  # "500", "503", "reset", "stall"
+    times: int
+    method: str | None = None
+    query: str | None = None  # substring of the path+query, e.g. "partNumber"
+    stall: float = 30.0
+
+    def matches(self, method: str, path: str) -> bool:
+        return self.times > 0 and (self.method is None or self.method == method) and (
+            self.query is None or self.query in path)
+
+
+class FaultProxy:
+    def __init__(self, target: str) -> None:
+        parts = urlsplit(target)
+        self.target = (parts.hostname, parts.port)
+        self.rules: list[Rule] = []
+        self.is_down = False
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.injected = 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                action = proxy._choose(self.command, self.path)
+                if action == "reset":
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                               b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                if action is not None and action.startswith("stall:"):
+                    time.sleep(float(action.split(":")[1]))
+                if action in ("500", "503"):
+                    code = "InternalError" if action == "500" else "SlowDown"
+                    payload = (f"<Error><Code>{code}</Code><Message>injected</Message>"
+                               "</Error>").encode()
+                    self.send_response(int(action))
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload) if
+                                                           self.command != "HEAD" else 0))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(payload)
+                    return
+                self._forward(body)
+
+            def _forward(self, body: bytes) -> None:
+                conn = http.client.HTTPConnection(*proxy.target, timeout=120)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status, resp.reason)
+                for k, v in resp.getheaders():
+                    if k.lower() not in HOP_HEADERS and k.lower() != "content-length":
+                        self.send_header(k, v)
+                if self.command == "HEAD":
+                    self.send_header("Content-Length", resp.getheader("Content-Length", "0"))
+                else:
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def _choose(self, method: str, path: str) -> str | None:
+        with self.lock:
+            self.requests += 1
+            if self.is_down:
+                self.injected += 1
+                return "reset"
+            for rule in self.rules:
+                if rule.matches(method, path):
+                    rule.times -= 1
+                    self.injected += 1
+                    return f"stall:{rule.stall}" if rule.action == "stall" else rule.action
+        return None
+
+    def fail(self, action: str, times: int = 1, method: str | None = None,
+             query: str | None = None, stall: float = 30.0) -> None:
+        with self.lock:
+            self.rules.append(Rule(action, times, method, query, stall))
+
+    def clear(self) -> None:
+        with self.lock:
+            self.rules.clear()
+            self.is_down = False
+
+    def down(self) -> None:
+        with self.lock:
+            self.is_down = True
+
+    def up(self) -> None:
+        with self.lock:
+            self.is_down = False
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,123 @@
+"""Faults between s3mount and the endpoint (a fault-injecting proxy on loopback): errors and
+resets are retried with backoff; a commit that still fails returns EIO to close(2), keeps the
+data staged and finishes in the background once the endpoint is back; a stalled read fails
+within a bounded time; the mount never dies.  Each test prints bytes acknowledged, bytes in the
+bucket and the time to recover (run with -s to see them)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+import pytest
+from faultproxy import FaultProxy
+from helpers import Mount, bucket_objects
+
+MIB = 1024 * 1024
+QUICK = ["--max-attempts", "3", "--read-timeout", "2", "--connect-timeout", "2"]
+
+
+@pytest.fixture
+def proxy(s3_server):
+    p = FaultProxy(s3_server.endpoint)
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def via_proxy(proxy, bucket, tmp_path):
+    m = Mount(proxy.endpoint, bucket, tmp_path / "mnt", tmp_path / "cache", QUICK)
+    m.start()
+    yield m
+    proxy.clear()
+    m.stop()
+
+
+def report(name: str, acknowledged: int, stored: int, seconds: float) -> None:
+    print(f"\nFAULT {name}: acknowledged {acknowledged} B, in bucket {stored} B, "
+          f"recovered in {seconds:.1f} s")
+
+
+@pytest.mark.parametrize("action", ["500", "503", "reset"])
+def test_transient_errors_are_retried(via_proxy, proxy, s3_client, bucket, action):
+    data = os.urandom(100_000)
+    proxy.fail(action, times=2, method="PUT")
+    start = time.monotonic()
+    (via_proxy.path / "f.bin").write_bytes(data)
+    stored = bucket_objects(s3_client, bucket)["f.bin"]
+    assert stored == data
+    report(f"{action} x2 on PUT", len(data), len(stored), time.monotonic() - start)
+    assert proxy.injected == 2
+
+
+def test_part_failures_in_a_multipart_upload_are_retried(via_proxy, proxy, s3_client, bucket):
+    data = os.urandom(20 * MIB)
+    proxy.fail("500", times=2, method="PUT", query="partNumber")
+    proxy.fail("reset", times=1, method="PUT", query="partNumber")
+    start = time.monotonic()
+    (via_proxy.path / "big.bin").write_bytes(data)
+    stored = s3_client.get_object(Bucket=bucket, Key="big.bin")["Body"].read()
+    assert stored == data
+    report("500 x2 + reset on UploadPart", len(data), len(stored), time.monotonic() - start)
+    assert not s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+def test_endpoint_down_at_close_then_back(via_proxy, proxy, s3_client, bucket):
+    via_proxy.expected_problems = ["upload", "endpoint", "Connection", "reset", "EIO",
+                                   "flush", "release"]
+    data = os.urandom(2 * MIB)
+    f = open(via_proxy.path / "late.bin", "wb")  # noqa: SIM115
+    f.write(data)
+    proxy.down()
+    started = time.monotonic()
+    with pytest.raises(OSError) as exc:
+        f.close()
+    failed_after = time.monotonic() - started
+    assert exc.value.errno == errno.EIO
+    assert failed_after < 30  # bounded retries, not hours
+    assert list((via_proxy.cache_dir / "staging").glob("*.json"))  # kept, journaled
+    assert (via_proxy.path / "late.bin").stat().st_size == len(data)  # staged, still served
+    assert (via_proxy.path / "late.bin").read_bytes() == data
+    proxy.up()
+    back = time.monotonic()
+    deadline = back + 60
+    stored = b""
+    while time.monotonic() < deadline:
+        stored = bucket_objects(s3_client, bucket).get("late.bin", b"")
+        if stored == data:
+            break
+        time.sleep(0.5)
+    assert stored == data
+    assert os.listdir(via_proxy.path) == ["late.bin"]
+    report("endpoint down at close, back later", len(data), len(stored),
+           time.monotonic() - back)
+    print(f"FAULT close failed with EIO after {failed_after:.1f} s")
+
+
+def test_stalled_read_fails_in_bounded_time(via_proxy, proxy, s3_client, bucket):
+    via_proxy.expected_problems = ["GET", "timeout", "Read timeout", "read"]
+    s3_client.put_object(Bucket=bucket, Key="slow.bin", Body=b"s" * MIB)
+    assert os.listdir(via_proxy.path) == ["slow.bin"]
+    proxy.fail("stall", times=100, method="GET", stall=20)
+    started = time.monotonic()
+    with pytest.raises(OSError) as exc:
+        (via_proxy.path / "slow.bin").read_bytes()
+    took = time.monotonic() - started
+    assert exc.value.errno == errno.EIO
+    assert took < 30
+    print(f"\nFAULT stalled GET: EIO after {took:.1f} s")
+    proxy.clear()
+    assert (via_proxy.path / "slow.bin").read_bytes() == b"s" * MIB  # the mount lives
+
+
+def test_listing_while_endpoint_down_fails_cleanly(via_proxy, proxy):
+    via_proxy.expected_problems = ["LIST", "HEAD", "endpoint", "Connection", "reset"]
+    (via_proxy.path / "d").mkdir()
+    proxy.down()
+    time.sleep(1.1)  # past the metadata TTL
+    with pytest.raises(OSError) as exc:
+        os.listdir(via_proxy.path / "d")
+    assert exc.value.errno == errno.EIO
+    proxy.up()
+    assert os.listdir(via_proxy.path / "d") == []
