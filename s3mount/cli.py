@@ -34,7 +34,7 @@ IGNORED_OPTIONS = {"rw", "defaults", "auto", "noauto", "user", "nouser", "users"
                    "nofail", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime",
                    "noatime", "relatime", "nodiratime", "async", "sync"}
 FLAG_OPTIONS = {"foreground", "read_only", "allow_other", "no_verify_ssl",
-                "no_conditional_writes"}
+                "no_conditional_writes", "trust_listings"}
 OPTION_ALIASES = {"ro": "read_only", "f": "foreground"}
 BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
 # Keys a --config file may hold besides the options: what to mount, and keys kept off argv.
@@ -133,6 +133,10 @@ def build_parser() -> Parser:
     p.add_argument("--no-conditional-writes", action="store_true",
                    help="for endpoints without If-Match/If-None-Match on PUT: commit without "
                    "checking that nobody else changed the object (a concurrent change is lost)")
+    p.add_argument("--trust-listings", action="store_true",
+                   help="attributes of listed objects come from the listing alone (ls -l of "
+                   "10,000 objects: 10 LISTs, no HEADs); modes, owners and symlinks written by "
+                   "other clients then show as defaults until looked up after the TTL")
     p.add_argument("--connect-timeout", type=positive(float), default=10.0,
                    help="seconds to wait for a connection to the endpoint")
     p.add_argument("--read-timeout", type=positive(float), default=60.0,
@@ -380,7 +384,7 @@ def make_config(argv: list[str]) -> MountConfig:
         max_concurrency=args.max_concurrency, cache_size=args.cache_size,
         max_readahead=args.max_readahead, keys=keys, ca_bundle=ca_bundle,
         verify_ssl=not args.no_verify_ssl, metrics_port=args.metrics_port,
-        conditional_writes=not args.no_conditional_writes,
+        conditional_writes=not args.no_conditional_writes, trust_listings=args.trust_listings,
         connect_timeout=args.connect_timeout, read_timeout=args.read_timeout,
         max_attempts=max(1, args.max_attempts), **extra)
 

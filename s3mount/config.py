@@ -50,6 +50,7 @@ class MountConfig:
     read_timeout: float = 60.0
     max_attempts: int = 5
     conditional_writes: bool = True
+    trust_listings: bool = False  # show listed objects with default attributes, no HEAD each
     keys: Keys | None = field(default=None, repr=False)  # --passwd-file or config-file keys
     ca_bundle: str | None = None
     verify_ssl: bool = True

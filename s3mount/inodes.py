@@ -40,6 +40,8 @@ class Inode:
     staged: Any = None  # staging.StagedFile while the data is staged locally
     kernel_etag: str | None = None  # version whose pages the kernel may still cache
     xattrs: dict[str, bytes] = field(default_factory=dict)
+    listed_children: int = 0  # directories: entries in the last listing
+    stale_lookups: int = 0  # directories: lookups of expired entries since that listing
 
     @property
     def kind(self) -> int:

@@ -28,6 +28,9 @@ from s3mount.store import (
     is_symlink_meta,
 )
 
+BATCH = 100  # a directory this big may be re-listed rather than asked about entry by entry,
+SWEEP = 20  # once this many of its entries were looked up stale since its last listing
+
 
 @dataclass
 class Probe:
@@ -45,6 +48,7 @@ class Namespace:
         # TTL however the two caches line up.
         self.freshness = config.metadata_ttl / 2
         ttl = self.freshness
+        self._relisting: dict[int, trio.Event] = {}
         self._negative: cachetools.TTLCache | None = (
             cachetools.TTLCache(maxsize=65536, ttl=ttl, timer=time.monotonic) if ttl > 0 else None)
 
@@ -106,6 +110,24 @@ class Namespace:
             nursery.start_soon(list_children)
         return result
 
+    async def probe_dir(self, key: str, has_marker: bool) -> Probe:
+        """Whether a known directory still exists: one LIST (and its marker's HEAD if any)."""
+        result = Probe(None, None, False)
+
+        async def head_marker() -> None:
+            result.marker = await self.store.head(key + "/")
+
+        async def list_children() -> None:
+            page = await self.store.list_page(key + "/", "/", max_keys=2)
+            result.has_children = any(o.key != key + "/" for o in page.objects) or bool(
+                page.prefixes)
+
+        async with trio.open_nursery() as nursery:
+            if has_marker:
+                nursery.start_soon(head_marker)
+            nursery.start_soon(list_children)
+        return result
+
     async def lookup(self, parent: Inode, name: str) -> Inode:
         """The inode at `parent/name`, asking the bucket when the cached answer is too old."""
         child = self.table.child(parent.ino, name)
@@ -115,6 +137,18 @@ class Namespace:
             return child
         if child is None and self._negative is not None and (parent.ino, name) in self._negative:
             raise NotFound(name)
+        if (child is not None and child.meta_known and not child.fresh(ttl)
+                and parent.listed_children >= BATCH):
+            parent.stale_lookups += 1  # a listing would answer this one completely
+        if child is not None and not child.fresh(ttl) and parent.stale_lookups >= SWEEP:
+            # A big directory whose entries are being looked at one by one (ls -l): one listing
+            # refreshes all of them, instead of a request each.
+            await self.relist(parent)
+            child = self.table.child(parent.ino, name)
+            if child is None:
+                raise NotFound(name)
+            if child.fresh(ttl) and child.meta_known:
+                return child
         key = join(self.key(parent), name)
         if child is not None and child.fresh(ttl):
             # Seen in a listing just now, without its metadata (mode, owner, symlink type):
@@ -123,9 +157,30 @@ class Namespace:
                 found = Probe(None, await self.store.head(key + "/"), True)
             else:
                 found = Probe(await self.store.head(key), None, False)
+        elif child is not None and not child.is_dir:
+            found = Probe(await self.store.head(key), None, False)  # still that file?
+            if found.obj is None:
+                found = await self.probe(key)  # gone, or now a directory
+        elif child is not None:
+            found = await self.probe_dir(key, child.has_marker)  # still a directory?
+            if not (found.marker or found.has_children):
+                found = await self.probe(key)  # gone, or now a file
         else:
             found = await self.probe(key)
         return self.apply_probe(parent, name, found)
+
+    async def relist(self, directory: Inode) -> None:
+        """List a directory again, once however many lookups are waiting for it."""
+        waiting = self._relisting.get(directory.ino)
+        if waiting is not None:
+            await waiting.wait()
+            return
+        done = self._relisting[directory.ino] = trio.Event()
+        try:
+            await self.list_dir(directory)
+        finally:
+            del self._relisting[directory.ino]
+            done.set()
 
     def apply_probe(self, parent: Inode, name: str, found: Probe) -> Inode:
         child = self.table.child(parent.ino, name)
@@ -199,7 +254,9 @@ class Namespace:
                     entries[name] = child
                     continue
                 child = self.new_child(directory, name, stat.S_IFDIR, None)
-                child.meta_known = False
+                child.meta_known = self.config.trust_listings
+            else:
+                child.fetched_at = time.monotonic()  # the listing confirms it
             entries[name] = child
         for name, obj in files.items():
             if name in dirs:
@@ -207,16 +264,22 @@ class Namespace:
             child = self.table.child(directory.ino, name)
             if child is not None and (child.staged is not None or child.local_only
                                       or (child.etag == obj.etag and not child.is_dir)):
+                if child.etag == obj.etag and child.staged is None:
+                    child.fetched_at = time.monotonic()  # the listing confirms this version
                 entries[name] = child
                 continue
             if child is not None and child.kind == stat.S_IFREG:
-                child.size, child.etag, child.meta_known = obj.size, obj.etag, False
+                child.size, child.etag = obj.size, obj.etag
+                child.meta_known = self.config.trust_listings
                 child.mtime_ns = int(obj.mtime * 1e9)
                 child.fetched_at = time.monotonic()
             else:
                 child = self.new_child(directory, name, stat.S_IFREG, None)
                 child.size, child.etag = obj.size, obj.etag
                 child.mtime_ns = child.ctime_ns = int(obj.mtime * 1e9)
+                # Listings carry no user metadata: unless told to trust them, the first lookup
+                # reads it (one HEAD), so modes, owners and symlinks are never shown wrong.
+                child.meta_known = self.config.trust_listings
             entries[name] = child
         for child in self.table.children(directory.ino):
             if child.name in entries:
@@ -225,6 +288,8 @@ class Namespace:
                 entries[child.name] = child
             else:
                 self.table.detach(child)  # deleted in the bucket by someone else
+        directory.listed_children = len(entries)
+        directory.stale_lookups = 0
         return sorted(entries.items())
 
     async def is_empty(self, directory: Inode) -> bool:
