@@ -12,13 +12,16 @@ import pytest
 TTL = 1.0
 
 
-def eventually(check, limit: float = TTL + 0.5) -> float:
+def eventually(check, limit: float = TTL + 0.5, what: str = "") -> float:
     """Seconds until `check()` holds; fails when it does not within `limit`."""
     start = time.monotonic()
     while True:
         try:
             if check():
-                return time.monotonic() - start
+                took = time.monotonic() - start
+                if what:
+                    print(f"\nCOHERENCE {what}: visible after {took:.2f} s")
+                return took
         except OSError:
             pass
         if time.monotonic() - start > limit:
@@ -35,9 +38,10 @@ def test_file_written_on_a_is_read_on_b(two):
     a, b = two
     assert not (b.path / "new.txt").exists()  # B has looked and cached "absent"
     (a.path / "new.txt").write_text("from A")
-    eventually(lambda: (b.path / "new.txt").read_text() == "from A")
+    eventually(lambda: (b.path / "new.txt").read_text() == "from A", what="new file (A->B)")
     (a.path / "new.txt").write_text("changed by A, longer")
-    eventually(lambda: (b.path / "new.txt").read_text() == "changed by A, longer")
+    eventually(lambda: (b.path / "new.txt").read_text() == "changed by A, longer",
+               what="changed file (A->B)")
     eventually(lambda: (b.path / "new.txt").stat().st_size == 20)
 
 
@@ -46,16 +50,18 @@ def test_rename_and_delete_on_a_seen_on_b(two):
     (a.path / "x").write_text("x")
     eventually(lambda: "x" in os.listdir(b.path))
     (a.path / "x").rename(a.path / "y")
-    eventually(lambda: sorted(os.listdir(b.path)) == ["y"])
-    eventually(lambda: not (b.path / "x").exists())
+    eventually(lambda: sorted(os.listdir(b.path)) == ["y"], what="rename, in ls (A->B)")
+    eventually(lambda: not (b.path / "x").exists(), what="rename, old name by stat (A->B)")
     (a.path / "y").unlink()
-    eventually(lambda: os.listdir(b.path) == [] and not (b.path / "y").exists())
+    eventually(lambda: os.listdir(b.path) == [] and not (b.path / "y").exists(),
+               what="delete (A->B)")
 
 
 def test_directory_made_on_a_appears_on_b(two):
     a, b = two
     (a.path / "d").mkdir()
-    eventually(lambda: (b.path / "d").is_dir() and "d" in os.listdir(b.path))
+    eventually(lambda: (b.path / "d").is_dir() and "d" in os.listdir(b.path),
+               what="mkdir (A->B)")
 
 
 def test_object_put_outside_appears_on_both(two, s3_client, bucket):
@@ -63,10 +69,12 @@ def test_object_put_outside_appears_on_both(two, s3_client, bucket):
     assert os.listdir(a.path) == [] and os.listdir(b.path) == []
     s3_client.put_object(Bucket=bucket, Key="ext/o.txt", Body=b"outside")
     for m in two:
-        eventually(lambda m=m: (m.path / "ext/o.txt").read_bytes() == b"outside")
+        eventually(lambda m=m: (m.path / "ext/o.txt").read_bytes() == b"outside",
+                   what="object put with boto3")
     s3_client.delete_object(Bucket=bucket, Key="ext/o.txt")
     for m in two:
-        eventually(lambda m=m: not (m.path / "ext/o.txt").exists())
+        eventually(lambda m=m: not (m.path / "ext/o.txt").exists(),
+                   what="object deleted with boto3")
 
 
 def test_change_on_b_never_mixes_versions_in_a_reader(two, s3_client, bucket):
