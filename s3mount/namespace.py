@@ -90,7 +90,9 @@ class Namespace:
 
     # -- lookup --------------------------------------------------------------------------------
 
-    async def probe(self, key: str) -> Probe:
+    async def probe(self, key: str, *, obj: bool = True, marker: bool = True) -> Probe:
+        """Ask at once what `key` is: the object (HEAD), its `key/` marker (HEAD), and whether
+        anything lies under `key/` (a one-page LIST)."""
         result = Probe(None, None, False)
 
         async def head_object() -> None:
@@ -105,25 +107,9 @@ class Namespace:
                 page.prefixes)
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(head_object)
-            nursery.start_soon(head_marker)
-            nursery.start_soon(list_children)
-        return result
-
-    async def probe_dir(self, key: str, has_marker: bool) -> Probe:
-        """Whether a known directory still exists: one LIST (and its marker's HEAD if any)."""
-        result = Probe(None, None, False)
-
-        async def head_marker() -> None:
-            result.marker = await self.store.head(key + "/")
-
-        async def list_children() -> None:
-            page = await self.store.list_page(key + "/", "/", max_keys=2)
-            result.has_children = any(o.key != key + "/" for o in page.objects) or bool(
-                page.prefixes)
-
-        async with trio.open_nursery() as nursery:
-            if has_marker:
+            if obj:
+                nursery.start_soon(head_object)
+            if marker:
                 nursery.start_soon(head_marker)
             nursery.start_soon(list_children)
         return result
@@ -162,7 +148,8 @@ class Namespace:
             if found.obj is None:
                 found = await self.probe(key)  # gone, or now a directory
         elif child is not None:
-            found = await self.probe_dir(key, child.has_marker)  # still a directory?
+            # Still a directory? One LIST, and the marker's HEAD if it had one.
+            found = await self.probe(key, obj=False, marker=child.has_marker)
             if not (found.marker or found.has_children):
                 found = await self.probe(key)  # gone, or now a file
         else:

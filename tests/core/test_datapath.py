@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 import trio
-from helpers import ACCESS_KEY, REGION, SECRET_KEY
+from helpers import REGION
 
 from s3mount.blockcache import BlockCache, block_digest
 from s3mount.blocking import Background, Limiters
@@ -44,14 +44,6 @@ class CountingStore:
         return call
 
 
-@pytest.fixture
-def aws_env(monkeypatch):
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import re
 import stat
 
 import pytest
-from helpers import ACCESS_KEY, REGION, SECRET_KEY, bucket_objects
+from helpers import REGION, bucket_objects
 
 from s3mount import errors
 from s3mount.blocking import Background, Limiters
@@ -40,17 +40,6 @@ def no_warnings_logged(caplog):
     assert not bad, [f"{r.levelname} {r.name}: {r.getMessage()}" for r in bad]
 
 
-@pytest.fixture
-def aws_env(monkeypatch):
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
 @pytest.fixture
