@@ -15,7 +15,6 @@ import argparse
 import errno
 import logging
 import os
-import pwd
 import re
 import subprocess
 import sys
@@ -26,6 +25,8 @@ from s3mount import __version__, notify
 from s3mount.config import MountConfig
 from s3mount.credentials import Keys, check_private, read_passwd_file
 from s3mount.errors import ConfigError
+from s3mount.logsetup import on_journal, setup_logging  # noqa: F401 - part of the CLI
+from s3mount.mounthelper import become_user, is_mount_helper, mount_helper_args
 
 log = logging.getLogger("s3mount")
 
@@ -42,9 +43,6 @@ FILE_ONLY_KEYS = {"bucket", "prefix", "mountpoint", "access_key_id", "secret_acc
 NOT_OPTIONS = {"source", "mountpoint", "options", "help", "version"}
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off"}
-JOURNAL_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
-                    logging.CRITICAL: 2}
-
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
@@ -389,41 +387,6 @@ def make_config(argv: list[str]) -> MountConfig:
         max_attempts=max(1, args.max_attempts), **extra)
 
 
-class JournalFormatter(logging.Formatter):
-    """Lines for journald: each starts with its sd-daemon priority (`<3>` error ... `<7>` debug),
-    which journald turns into the entry's PRIORITY; no time stamps, no colour."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        prefix = f"<{JOURNAL_PRIORITY.get(record.levelno, 6)}>"
-        return "\n".join(prefix + line for line in super().format(record).splitlines())
-
-
-def on_journal(stream: Any) -> bool:
-    """True when `stream` is the journald stream systemd gave us ($JOURNAL_STREAM=dev:ino)."""
-    dev, _, ino = os.environ.get("JOURNAL_STREAM", "").partition(":")
-    try:
-        st = os.fstat(stream.fileno())
-        return (st.st_dev, st.st_ino) == (int(dev), int(ino))
-    except (ValueError, OSError, AttributeError):
-        return False
-
-
-def setup_logging(level: str, stream: Any = None) -> None:
-    stream = stream or sys.stderr
-    handler = logging.StreamHandler(stream)
-    if on_journal(stream):
-        handler.setFormatter(JournalFormatter("%(levelname)s %(name)s: %(message)s"))
-    elif stream.isatty():
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    else:  # log files (and journald without $JOURNAL_STREAM) get no time stamps
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "pyfuse3"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
-
-
 def start(config: MountConfig) -> int:
     from s3mount import mount, s3  # deferred: `--help` and usage errors stay fast
 
@@ -475,59 +438,6 @@ def daemonize(config: MountConfig, mount: Any, s3: Any) -> int:
             pipe.close()
         os._exit(1)
     os._exit(status)
-
-
-def mount_helper_args(argv: list[str]) -> tuple[list[str], bool, str | None]:
-    """mount(8)'s helper call `SOURCE DIR [-sfnv] [-o OPTS] [-t TYPE]` as s3mount arguments.
-
-    Returns (arguments, fake, setuid user).  mount's `-f` means "fake" (do nothing), never our
-    foreground; `-s`, `-n`, `-v` and the type mean nothing here; `setuid=USER` runs the mount as
-    USER, as mount.fuse3 does.
-    """
-    positional: list[str] = []
-    options: list[str] = []
-    fake = False
-    user = None
-    items = iter(argv)
-    for arg in items:
-        if arg == "-o":
-            options.append(next(items, ""))
-        elif arg.startswith("-o"):
-            options.append(arg[2:])
-        elif arg == "-t":
-            next(items, None)
-        elif arg.startswith("-") and len(arg) > 1 and set(arg[1:]) <= set("sfnvrw"):
-            fake = fake or "f" in arg
-        else:
-            positional.append(arg)
-    kept = []
-    for group in options:
-        for item in filter(None, group.split(",")):
-            if item.startswith("setuid="):
-                user = item.partition("=")[2]
-            else:
-                kept.append(item)
-    out = [*positional]
-    if kept:
-        out += ["-o", ",".join(kept)]
-    return out, fake, user
-
-
-def become_user(name: str) -> None:
-    """Drop root for `setuid=USER` (mount.fuse3's option): groups, gid, uid and HOME."""
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        raise ConfigError(f"setuid={name}: no such user", status=2) from None
-    os.initgroups(entry.pw_name, entry.pw_gid)
-    os.setgid(entry.pw_gid)
-    os.setuid(entry.pw_uid)
-    os.environ.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
-
-
-def is_mount_helper(prog: str) -> bool:
-    name = os.path.basename(prog)
-    return name.startswith(("mount.fuse.", "mount.fuse3.", "mount.s3mount"))
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
