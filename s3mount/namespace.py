@@ -64,6 +64,9 @@ class Namespace:
             return
         if inode.staged is not None and inode.staged.dirty:
             return
+        if kind == stat.S_IFDIR and info.metadata is None:
+            inode.has_marker = True  # seen in a listing: the attributes we hold still stand
+            return
         perm = self.config.dir_mode if kind == stat.S_IFDIR else self.config.file_mode
         attrs = decode_attrs(info, kind, perm, self.config.uid, self.config.gid)
         if kind != stat.S_IFDIR:
@@ -91,27 +94,28 @@ class Namespace:
     # -- lookup --------------------------------------------------------------------------------
 
     async def probe(self, key: str, *, obj: bool = True, marker: bool = True) -> Probe:
-        """Ask at once what `key` is: the object (HEAD), its `key/` marker (HEAD), and whether
-        anything lies under `key/` (a one-page LIST)."""
+        """Ask at once what `key` is: the object (HEAD) and what lies under `key/` (a one-page
+        LIST, which also shows a `key/` marker).  A marker found is then read for its metadata
+        (mode, owner) when `marker` is set."""
         result = Probe(None, None, False)
+        marker_info: list[ObjectInfo] = []
 
         async def head_object() -> None:
             result.obj = await self.store.head(key)
 
-        async def head_marker() -> None:
-            result.marker = await self.store.head(key + "/")
-
         async def list_children() -> None:
             page = await self.store.list_page(key + "/", "/", max_keys=2)
+            marker_info.extend(o for o in page.objects if o.key == key + "/")
             result.has_children = any(o.key != key + "/" for o in page.objects) or bool(
                 page.prefixes)
 
         async with trio.open_nursery() as nursery:
             if obj:
                 nursery.start_soon(head_object)
-            if marker:
-                nursery.start_soon(head_marker)
             nursery.start_soon(list_children)
+        if marker_info:
+            result.marker = (await self.store.head(key + "/") if marker else None) or \
+                marker_info[0]
         return result
 
     async def lookup(self, parent: Inode, name: str) -> Inode:
@@ -149,7 +153,7 @@ class Namespace:
                 found = await self.probe(key)  # gone, or now a directory
         elif child is not None:
             # Still a directory? One LIST, and the marker's HEAD if it had one.
-            found = await self.probe(key, obj=False, marker=child.has_marker)
+            found = await self.probe(key, obj=False, marker=False)
             if not (found.marker or found.has_children):
                 found = await self.probe(key)  # gone, or now a file
         else:
