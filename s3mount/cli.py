@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import math
 import os
 import re
 import subprocess
@@ -59,16 +60,25 @@ def octal(text: str) -> int:
     return value
 
 
-def positive(kind: type) -> Any:
+def positive(kind: type, *, nonzero: bool = False, limit: float | None = None) -> Any:
+    """A finite number >= 0 (> 0 with `nonzero`, <= `limit` when given)."""
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if value < 0 or (nonzero and value == 0):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} must be {'more than' if nonzero else 'at least'} 0")
+        if limit is not None and value > limit:
+            raise argparse.ArgumentTypeError(f"{text!r} is over the limit of {limit:g}")
         return value
     return parse
+
+
+MAX_ID = 4294967294  # (uid_t)-1 means "no change" to the kernel
 
 
 def size_arg(text: str) -> int:
@@ -113,8 +123,10 @@ def build_parser() -> Parser:
     p.add_argument("--read-only", action="store_true")
     p.add_argument("--allow-other", action="store_true",
                    help="let other users see the mount (needs user_allow_other for non-root)")
-    p.add_argument("--uid", type=positive(int), help="owner of objects without uid metadata")
-    p.add_argument("--gid", type=positive(int), help="group of objects without gid metadata")
+    p.add_argument("--uid", type=positive(int, limit=MAX_ID),
+                   help="owner of objects without uid metadata")
+    p.add_argument("--gid", type=positive(int, limit=MAX_ID),
+                   help="group of objects without gid metadata")
     p.add_argument("--file-mode", type=octal, default=0o644)
     p.add_argument("--dir-mode", type=octal, default=0o755)
     p.add_argument("--cache-dir", help="where staged writes live (default: per mount, under "
@@ -135,9 +147,9 @@ def build_parser() -> Parser:
                    help="attributes of listed objects come from the listing alone (ls -l of "
                    "10,000 objects: 10 LISTs, no HEADs); modes, owners and symlinks written by "
                    "other clients then show as defaults until looked up after the TTL")
-    p.add_argument("--connect-timeout", type=positive(float), default=10.0,
+    p.add_argument("--connect-timeout", type=positive(float, nonzero=True), default=10.0,
                    help="seconds to wait for a connection to the endpoint")
-    p.add_argument("--read-timeout", type=positive(float), default=60.0,
+    p.add_argument("--read-timeout", type=positive(float, nonzero=True), default=60.0,
                    help="seconds to wait for a response before the request is retried")
     p.add_argument("--max-attempts", type=positive(int), default=5,
                    help="attempts per request (with backoff) before the call fails with EIO")
@@ -423,7 +435,8 @@ def daemonize(config: MountConfig, mount: Any, s3: Any) -> int:
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
 
-    logfile = open(config.cache_path() / "s3mount.log", "a", buffering=1)  # noqa: SIM115
+    logfile = open(config.cache_path() / "s3mount.log", "a", buffering=1,  # noqa: SIM115
+                   opener=lambda path, flags: os.open(path, flags, 0o600))
     setup_logging(config.log_level, logfile)
     try:
         status = mount.run(config, s3.build_client(config), on_ready=ready)
@@ -456,8 +469,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 become_user(user)
         config = make_config(argv)
         setup_logging(config.log_level)
-        if not config.foreground:
+        try:
             config.cache_path().mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot use the cache directory {config.cache_path()}: "
+                              f"{exc.strerror}") from None
         return start(config)
     except ConfigError as exc:
         print(f"s3mount: {exc}", file=sys.stderr)

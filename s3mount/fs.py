@@ -144,15 +144,14 @@ class Filesystem:
         inode = await self.ns.lookup(parent, decode_name(raw))
         if inode.is_dir:
             raise errors.IsADirectory(inode.name)
-        await self._remove_object(inode)
-        self.table.detach(inode)
-
-    async def _remove_object(self, inode: Inode) -> None:
-        """Delete a file's object; an open file keeps its bytes locally, as on a local disk."""
+        key = self.table.key(inode)
         if inode.opens and inode.etag is not None:
-            await self.files.materialize(inode)
+            await self.files.materialize(inode)  # an open file stays readable, as on a disk
+        # Out of the namespace before the DELETE is awaited: an open(2) racing this unlink
+        # then fails with ENOENT instead of finding the object gone under it.
+        self.table.detach(inode)
         if inode.etag is not None:
-            await self.store.delete(self.table.key(inode))
+            await self.store.delete(key)
 
     async def symlink(self, parent_ino: int, raw: bytes, target: bytes, uid: int,
                       gid: int) -> Inode:
@@ -223,9 +222,10 @@ class Filesystem:
         if mtime_ns is not None:
             inode.mtime_ns, meta_changed = mtime_ns, True
         inode.ctime_ns = time.time_ns()
-        if size is not None and not inode.opens:
-            await self.files.commit(inode)  # truncate(2) by path: nothing else will commit it
-            await self.files.drop_clean(inode)
+        if size is not None and fh is None:
+            await self.files.commit(inode)  # truncate(2) by path: no close(2) will commit it
+            if not inode.opens:
+                await self.files.drop_clean(inode)
         elif meta_changed and not self._metadata_rides_with_data(inode):
             await self._store_metadata(inode)
         elif meta_changed:
@@ -383,9 +383,7 @@ class Filesystem:
             old_key = self.table.key(src)
             etag = await self.store.copy(old_key, new_key, src.size, None)
             await self.store.delete(old_key)
-            src.etag = etag
-            if src.staged is not None:
-                src.staged.base_etag = src.staged.expect = etag
+            self._repin(src, etag)
 
     async def _rename_tree(self, src: Inode, new_key: str) -> None:
         """Copy every key under the directory, then delete the old ones: the source is never
@@ -400,6 +398,8 @@ class Filesystem:
             token = page.next_token
             if token is None:
                 break
+        for obj in objects:  # refuse before copying anything, not halfway through
+            check_key_length(new_prefix + obj.key[len(old_prefix):], self.config.prefix)
         new_etags: dict[str, str] = {}
         slots = trio.Semaphore(self.config.max_concurrency)
 
@@ -429,9 +429,17 @@ class Filesystem:
                     rel = self.table.key(child)[len(old_prefix):]
                     etag = new_etags.get(new_prefix + rel)
                     if etag is not None:
-                        child.etag = etag
-                        if child.staged is not None:
-                            child.staged.base_etag = child.staged.expect = etag
+                        self._repin(child, etag)
+
+    def _repin(self, inode: Inode, etag: str) -> None:
+        """A renamed file's object is a copy, with the same bytes but maybe a new ETag (always
+        for multipart objects): its open handles and staged base now read that copy."""
+        for handle in self.handles.files_of(inode.ino):
+            if handle.etag == inode.etag:
+                handle.etag = etag
+        inode.etag = etag
+        if inode.staged is not None:
+            inode.staged.base_etag = inode.staged.expect = etag
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -440,6 +448,8 @@ class Filesystem:
         inode = self.inode(ino)
         if inode.is_dir:
             raise errors.IsADirectory(inode.name)
+        if inode.unlinked and inode.staged is None:
+            raise errors.NotFound(f"{inode.name} was deleted")
         if flags & WRITE_FLAGS:
             self.writable()
         if inode.staged is None:

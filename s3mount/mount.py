@@ -77,7 +77,8 @@ def describe(config: MountConfig) -> str:
 def lock_cache_dir(cache_dir: Path) -> Any:
     """Hold the cache directory for this daemon alone: two mounts sharing staging files would
     upload (or recover) each other's data."""
-    handle = open(cache_dir / "lock", "a+")  # noqa: SIM115 - held for the daemon's life
+    handle = open(cache_dir / "lock", "a+",  # noqa: SIM115 - held for the daemon's life
+                  opener=lambda path, flags: os.open(path, flags, 0o600))
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

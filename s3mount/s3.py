@@ -126,8 +126,12 @@ def build_client(config: MountConfig) -> Any:
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
-    client = session.client("s3", endpoint_url=config.endpoint_url, region_name=config.region,
-                            config=botocore_config, verify=verify)
+    try:
+        client = session.client("s3", endpoint_url=config.endpoint_url,
+                                region_name=config.region, config=botocore_config, verify=verify)
+    except ValueError as exc:  # botocore's "Invalid endpoint: ..."
+        raise errors.ConfigError(f"{exc} (an endpoint looks like https://host[:port])",
+                                 status=2) from None
     # "Expect: 100-continue" costs every upload a second round trip; S3 does not need it.
     client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
     return client

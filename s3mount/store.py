@@ -92,6 +92,8 @@ def parse_mtime_ns(text: str) -> int | None:
             frac and not (frac.isascii() and frac.isdecimal())):
         return None
     nsec = int((frac + "000000000")[:9]) if frac else 0
+    if len(digits) > 10:  # past year 2286: garbage, and past what st_mtime can hold
+        return None
     return int(whole) * 1_000_000_000 + nsec
 
 
