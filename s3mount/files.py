@@ -38,6 +38,10 @@ SPACE_CHECK_EVERY = 32 * 1024 * 1024  # bytes written between looks at the disk'
 MIN_FREE = 256 * 1024 * 1024  # staging never takes the cache disk below this
 
 
+class KeyGone(Stale):
+    """The object an open handle reads was deleted (ESTALE unless it moved here)."""
+
+
 class FileData:
     def __init__(self, store: ObjectStore, namespace: Namespace, uploader: Uploader,
                  limiters: Limiters, staging_dir: Path, cache: BlockCache,
@@ -174,10 +178,24 @@ class FileData:
 
     async def _read_remote(self, inode: Inode, handle: FileHandle, offset: int,
                            size: int) -> bytes:
+        key = self.namespace.key(inode)
+        try:
+            return await self._read_object(key, handle, offset, size)
+        except KeyGone:
+            # Our own unlink or rename may have deleted the key while this read waited: the
+            # bytes are then staged locally (unlink of an open file), or under the new key.
+            if inode.staged is not None:
+                return await self.read(inode, handle, offset, size)
+            if self.namespace.key(inode) != key:
+                return await self._read_object(self.namespace.key(inode), handle, offset, size)
+            raise
+
+    async def _read_object(self, key: str, handle: FileHandle, offset: int,
+                           size: int) -> bytes:
         size = max(0, min(size, handle.size - offset))
         if size == 0 or handle.etag is None:
             return b""
-        key, etag, object_size = self.namespace.key(inode), handle.etag, handle.size
+        etag, object_size = handle.etag, handle.size
         cache = self.cache
         first, last = offset // cache.block_size, (offset + size - 1) // cache.block_size
 
@@ -185,7 +203,7 @@ class FileData:
             try:
                 return await self.store.get_range(key, begin, end, etag)
             except NotFound:
-                raise Stale(f"{key} was deleted from the bucket while open") from None
+                raise KeyGone(f"{key} was deleted from the bucket while open") from None
 
         sequential = handle.note_read(offset, size, self.max_window)
         blocks = range(first, last + 1)

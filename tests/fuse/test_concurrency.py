@@ -636,17 +636,6 @@ def stalling(s3_server, bucket, tmp_path):
     assert not [p for p in mount.problems() if "deleted from the bucket while open" not in p]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a read of an open file whose GET is still queued or in flight when unlink(2) or "
-    "rename(2) deletes the old key fails with ESTALE ('was deleted from the bucket while "
-    "open'): files.py FileData._read_remote fixes `key` when the read starts and maps the 404 "
-    "to Stale, while fs.py Filesystem.unlink (after materialize) and _rename_file (after the "
-    "copy) DELETE that key without waiting for reads in flight.  O_DIRECT readers get the "
-    "ESTALE; buffered readers are saved by the kernel's synchronous retry of a failed "
-    "read-ahead, but the daemon still answered ESTALE (and logs a WARNING).  Fix: on NotFound "
-    "in _read_remote, re-resolve once - read the staged copy if unlink materialized one, or "
-    "the new key (with the re-pinned handle ETag) if the inode was renamed - or make "
-    "unlink/rename wait for the inode's reads in flight before the DELETE."))
 @pytest.mark.parametrize("io", ["buffered", "direct"])
 @pytest.mark.parametrize("how", ["unlink", "rename"])
 def test_read_in_flight_while_the_file_is_unlinked_or_renamed(stalling, s3_client, bucket,
