@@ -285,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                              "could not drop the kernel page cache: the figure includes it")
         b = Bench(admin, make_client(endpoint, server.access_key, server.secret_key), BUCKET,
                   sizes, workdir, mounts, proxy, drop, args.verify, say)
+        b.server_pid = server.proc.pid
         if args.memory:
             size = (args.memory_size * 1024 * 1024) if args.memory_size else sizes.memory
             result = run_memory(b, size)
@@ -332,6 +333,11 @@ def finish(args: argparse.Namespace, info: dict[str, Any],
                   *pools, ""]
     parts += ["Issue 3 targets (speed ratios; one run's medians on a shared machine):",
               *report.target_checks(results, sizes, args.latency), ""]
+    cpu = report.cpu_lines(results)
+    if cpu:
+        parts += ["Where the time went (median CPU seconds during the timed part; 2 CPUs, so at "
+                  "most 2 CPU s per wall second, shared with whatever else the machine ran; "
+                  "raw boto3's client CPU is the bench process):", "", *cpu, ""]
     requests = report.request_lines(results)
     if requests:
         parts += ["Requests per workload (median run, counted by the proxy):", "", *requests, ""]

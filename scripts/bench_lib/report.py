@@ -105,6 +105,28 @@ def request_lines(results: dict[str, dict[str, list[Sample]]]) -> list[str]:
     return ["| workload | contender | requests | by kind |", "|---|---|---|---|", *out]
 
 
+def cpu_lines(results: dict[str, dict[str, list[Sample]]]) -> list[str]:
+    """Median wall and CPU seconds per workload and contender: who was busy while it ran."""
+    out = []
+    for name, row in results.items():
+        for target, samples in row.items():
+            ok = [s for s in samples if s.error is None and "bench_cpu_s" in s.extra]
+            if not ok:
+                continue
+
+            def med(key: str, ok: list[Sample] = ok) -> str:
+                values = [s.extra[key] for s in ok if key in s.extra]
+                return f"{statistics.median(values):.1f}" if values else "—"
+
+            wall = statistics.median(s.seconds for s in ok if s.seconds)
+            out.append(f"| {WORKLOADS[name][0]} | {target} | {wall:.1f} | "
+                       f"{med('daemon_cpu_s')} | {med('server_cpu_s')} | {med('bench_cpu_s')} |")
+    if not out:
+        return []
+    return ["| workload | contender | wall s | mount daemon CPU s | server CPU s | "
+            "bench process CPU s |", "|---|---|---|---|---|---|", *out]
+
+
 def target_checks(results: dict[str, dict[str, list[Sample]]], sizes: Sizes,
                   latency: float) -> list[str]:
     def s(name: str, target: str) -> float | None:

@@ -117,6 +117,8 @@ class Bench:
     src_crc: int = 0
     tarball: Path = field(init=False)
     disk_read_mbps: float | None = None  # the local disk, read with the page cache dropped
+    server_pid: int | None = None
+    daemon_pids: list[int] = field(default_factory=list)  # the mount being timed, if any
 
     def __post_init__(self) -> None:
         self.src = self.workdir / "src.bin"
@@ -242,19 +244,45 @@ def run_mount_session(b: Bench, target: str, session: str, tag: str) -> dict[str
     if session == "rename":
         rename_setup(b, tag)  # before the mount, which then sees it for the first time
     m = b.mounts.mount(target)
+    b.daemon_pids = m.pids
     try:
         return MOUNT_SESSIONS[session](b, m, tag)
     finally:
+        b.daemon_pids = []
         b.mounts.unmount(m)
         if session in CLEAN_UP:
             b.delete_prefix(CLEAN_UP[session](tag))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def cpu_snapshot(b: Bench) -> dict[str, float]:
+    own = os.times()
+    out = {"bench_cpu_s": own.user + own.system}
+    if b.daemon_pids:
+        out["daemon_cpu_s"] = sum(cpu_seconds(p) for p in b.daemon_pids)
+    if b.server_pid:
+        out["server_cpu_s"] = cpu_seconds(b.server_pid)
+    return out
+
+
 def timed(b: Bench, body: Callable[[], dict[str, Any] | None]) -> Sample:
+    """Runs `body` under the clock; the sample also carries the CPU seconds the bench, the mount
+    daemon and the server spent meanwhile (where the time went), and the proxy's counts."""
     before = b.counts()
+    cpu = cpu_snapshot(b)
     start = time.perf_counter()
     extra = body() or {}
     seconds = time.perf_counter() - start
+    extra.update({k: round(v - cpu[k], 2) for k, v in cpu_snapshot(b).items() if k in cpu})
     return Sample(seconds, requests=b.diff(before), extra=extra)
 
 
