@@ -9,6 +9,7 @@ Names S3 holds but POSIX cannot (`a//b`, `.`, `..`, over 255 bytes) are left out
 
 from __future__ import annotations
 
+import bisect
 import stat
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from s3mount.errors import NotFound
 from s3mount.inodes import Inode, InodeTable
 from s3mount.keys import dir_prefix, join, split_listing_name
 from s3mount.store import (
+    ListPage,
     ObjectInfo,
     ObjectStore,
     decode_attrs,
@@ -28,8 +30,8 @@ from s3mount.store import (
     is_symlink_meta,
 )
 
-BATCH = 100  # a directory this big may be re-listed rather than asked about entry by entry,
-SWEEP = 20  # once this many of its entries were looked up stale since its last listing
+BATCH = 100  # a directory this big is refreshed a page at a time rather than entry by entry,
+SWEEP = 2  # once more than this many of its entries were looked up stale since its last listing
 
 
 @dataclass
@@ -129,16 +131,17 @@ class Namespace:
             raise NotFound(name)
         if (child is not None and child.meta_known and not child.fresh(ttl)
                 and parent.listed_children >= BATCH):
-            parent.stale_lookups += 1  # a listing would answer this one completely
-        if child is not None and not child.fresh(ttl) and parent.stale_lookups >= SWEEP:
-            # A big directory whose entries are being looked at one by one (ls -l): one listing
-            # refreshes all of them, instead of a request each.
-            await self.relist(parent)
-            child = self.table.child(parent.ino, name)
-            if child is None:
-                raise NotFound(name)
-            if child.fresh(ttl) and child.meta_known:
-                return child
+            parent.stale_lookups += 1
+            if parent.stale_lookups > SWEEP:
+                # A big directory whose entries are being looked at one by one (ls -l that
+                # outlived the TTL): one LIST from this entry on refreshes it and the next
+                # thousand, where a HEAD would refresh only it.
+                await self.relist_from(parent, name)
+                child = self.table.child(parent.ino, name)
+                if child is None:
+                    raise NotFound(name)
+                if child.fresh(ttl) and child.meta_known:
+                    return child
         key = join(self.key(parent), name)
         if child is not None and child.fresh(ttl):
             # Seen in a listing just now, without its metadata (mode, owner, symlink type):
@@ -160,15 +163,27 @@ class Namespace:
             found = await self.probe(key)
         return self.apply_probe(parent, name, found)
 
-    async def relist(self, directory: Inode) -> None:
-        """List a directory again, once however many lookups are waiting for it."""
+    async def relist_from(self, directory: Inode, name: str) -> None:
+        """Refresh one page of a directory's listing, starting at `name`; once however many
+        lookups are waiting for the directory (a waiter outside the page asks on its own)."""
         waiting = self._relisting.get(directory.ino)
         if waiting is not None:
             await waiting.wait()
             return
         done = self._relisting[directory.ino] = trio.Event()
         try:
-            await self.list_dir(directory)
+            names = sorted(c.name for c in self.table.children(directory.ino))
+            at = bisect.bisect_left(names, name)
+            after = names[at - 1] if at > 0 else None  # sorts before `name` and `name/` alike
+            prefix = dir_prefix(self.key(directory))
+            started = time.monotonic()
+            page = await self.store.list_page(
+                prefix, "/", start_after=None if after is None else prefix + after)
+            files, dirs = _page_entries(prefix, page)
+            last = None
+            if page.next_token is not None:
+                last = max([o.key for o in page.objects] + page.prefixes)[len(prefix):]
+            self._merge_listing(directory, files, dirs, started, span=(after, last))
         finally:
             del self._relisting[directory.ino]
             done.set()
@@ -222,21 +237,19 @@ class Namespace:
         token: str | None = None
         while True:
             page = await self.store.list_page(prefix, "/", token)
-            for obj in page.objects:
-                name = split_listing_name(prefix, obj.key)
-                if name is not None and not obj.key.endswith("/"):
-                    files[name] = obj
-            for sub in page.prefixes:
-                name = split_listing_name(prefix, sub)
-                if name is not None:
-                    dirs.add(name)
+            page_files, page_dirs = _page_entries(prefix, page)
+            files.update(page_files)
+            dirs.update(page_dirs)
             token = page.next_token
             if token is None:
                 break
         return self._merge_listing(directory, files, dirs, started)
 
     def _merge_listing(self, directory: Inode, files: dict[str, ObjectInfo], dirs: set[str],
-                       started: float) -> list[tuple[str, Inode]]:
+                       started: float, span: tuple[str | None, str | None] | None = None,
+                       ) -> list[tuple[str, Inode]]:
+        """Apply a listing of the whole directory, or of the names within `span` (after its first
+        bound, up to and including its second; None: open-ended) as S3 orders them."""
         entries: dict[str, Inode] = {}
         for name in dirs:
             child = self.table.child(directory.ino, name)
@@ -275,12 +288,16 @@ class Namespace:
         for child in self.table.children(directory.ino):
             if child.name in entries:
                 continue
-            if child.staged is not None or child.local_only or child.fetched_at > started:
+            if (child.staged is not None or child.local_only or child.fetched_at > started
+                    or (span is not None and not _within(child, span))):
                 entries[child.name] = child
             else:
                 self.table.detach(child)  # deleted in the bucket by someone else
-        directory.listed_children = len(entries)
-        directory.stale_lookups = 0
+                if self._negative is not None:
+                    self._negative[(directory.ino, child.name)] = True
+        if span is None:
+            directory.listed_children = len(entries)
+            directory.stale_lookups = 0
         return sorted(entries.items())
 
     async def is_empty(self, directory: Inode) -> bool:
@@ -290,3 +307,25 @@ class Namespace:
         prefix = dir_prefix(self.key(directory))
         page = await self.store.list_page(prefix, "/", max_keys=2)
         return not page.prefixes and all(o.key == prefix for o in page.objects)
+
+
+def _page_entries(prefix: str, page: ListPage) -> tuple[dict[str, ObjectInfo], set[str]]:
+    """The files and subdirectories one listing page shows under `prefix`."""
+    files: dict[str, ObjectInfo] = {}
+    dirs: set[str] = set()
+    for obj in page.objects:
+        name = split_listing_name(prefix, obj.key)
+        if name is not None and not obj.key.endswith("/"):
+            files[name] = obj
+    for sub in page.prefixes:
+        name = split_listing_name(prefix, sub)
+        if name is not None:
+            dirs.add(name)
+    return files, dirs
+
+
+def _within(child: Inode, span: tuple[str | None, str | None]) -> bool:
+    """Whether a listing covering `span` would have shown `child`, by where S3 sorts its key."""
+    listed = child.name + "/" if child.is_dir else child.name
+    after, last = span
+    return (after is None or listed > after) and (last is None or listed <= last)

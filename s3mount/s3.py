@@ -220,13 +220,15 @@ class S3Store:
                           resp["LastModified"].timestamp(), dict(resp.get("Metadata", {})))
 
     async def list_page(self, prefix: str, delimiter: str | None, token: str | None = None,
-                        max_keys: int = 1000) -> ListPage:
+                        max_keys: int = 1000, start_after: str | None = None) -> ListPage:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._full(prefix),
                                   "MaxKeys": max_keys}
         if delimiter:
             kwargs["Delimiter"] = delimiter
         if token:
             kwargs["ContinuationToken"] = token
+        if start_after is not None:
+            kwargs["StartAfter"] = self._full(start_after)
         resp = await self._call(f"LIST {prefix}", self.client.list_objects_v2, **kwargs)
         cut = len(self.prefix)
         objects = [ObjectInfo(o["Key"][cut:], int(o["Size"]), _etag(o),

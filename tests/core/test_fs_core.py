@@ -7,6 +7,8 @@ separate boto3 client.  A test fails on any WARNING/ERROR logged by s3mount.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import errno
 import logging
 import os
@@ -15,6 +17,7 @@ import re
 import stat
 
 import pytest
+import trio
 from helpers import REGION, bucket_objects
 
 from s3mount import errors
@@ -531,6 +534,33 @@ async def test_unlink_open_file_stays_readable(fs, s3_client, bucket):
     assert await fs.read(handle.fh, 0, len(data) + 10) == data
     await fs.release(handle.fh)
     assert bucket_objects(s3_client, bucket) == {}
+
+
+async def test_stale_lookups_in_a_big_directory_refresh_a_page_at_a_time(make_fs, s3_client,
+                                                                       bucket):
+    """ls -l that outlives the TTL: after a couple of HEADs, one LIST per thousand entries."""
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: s3_client.put_object(Bucket=bucket, Key=f"d/f{i:04d}", Body=b"x"),
+                      range(1200)))
+    s3_client.put_object(Bucket=bucket, Key="d/f0500-sub/inner", Body=b"y")
+    fs = make_fs(trust_listings=True, metadata_ttl=1.0)
+    d = await lookup_path(fs, "d")
+    assert len(await list_names(fs, d.ino)) == 1201
+    s3_client.delete_object(Bucket=bucket, Key="d/f0100")
+    s3_client.put_object(Bucket=bucket, Key="d/f0101", Body=b"changed")
+    await trio.sleep(0.6)  # past the freshness of half the TTL
+    before = collections.Counter(fs.store.stats.requests)
+    sizes = {}
+    for name in sorted([f"f{i:04d}" for i in range(1200)] + ["f0500-sub"]):
+        if name == "f0100":
+            with pytest.raises(errors.NotFound):
+                await lookup(fs, d.ino, name.encode())
+            continue
+        sizes[name] = (await lookup(fs, d.ino, name.encode())).size
+    spent = collections.Counter(fs.store.stats.requests) - before
+    assert sizes["f0101"] == len(b"changed") and sizes["f0102"] == 1
+    assert dict(spent) == {"HEAD": 2, "LIST": 2}
+    assert "f0100" not in await list_names(fs, d.ino)
 
 
 async def test_readdir_merges_local_only_files(fs, s3_client, bucket):
