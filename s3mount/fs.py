@@ -121,8 +121,8 @@ class Filesystem:
         await self.store.put(key + "/", b"", encode_attrs(attrs), DIRECTORY_CONTENT_TYPE)
         inode = self.table.add(parent.ino, name, attrs.mode, uid, gid, mtime_ns=now,
                                ctime_ns=now, etag="", has_marker=True,
-                               fetched_at=time.monotonic())
-        self.ns.forget_negative(parent, name)
+                               fetched_at=time.monotonic(), complete_at=time.monotonic())
+        self.ns.forget_negative(parent, name)  # nothing was under it: a new, empty directory
         return inode
 
     async def rmdir(self, parent_ino: int, raw: bytes) -> None:

@@ -42,6 +42,7 @@ class Inode:
     xattrs: dict[str, bytes] = field(default_factory=dict)
     listed_children: int = 0  # directories: entries in the last listing
     stale_lookups: int = 0  # directories: lookups of expired entries since that listing
+    complete_at: float | None = None  # directories: when a listing or mkdir showed every child
 
     @property
     def kind(self) -> int:
@@ -145,6 +146,9 @@ class InodeTable:
             siblings = self._children.get(inode.parent, {})
             if siblings.get(inode.name) == inode.ino:
                 del siblings[inode.name]
+                parent = self._inodes.get(inode.parent)
+                if parent is not None:
+                    parent.complete_at = None  # a name it has is no longer in the index
         self._inodes.pop(inode.ino, None)
         self._children.pop(inode.ino, None)
 

@@ -32,6 +32,7 @@ from s3mount.store import (
 
 BATCH = 100  # a directory this big is refreshed a page at a time rather than entry by entry,
 SWEEP = 2  # once more than this many of its entries were looked up stale since its last listing
+PAGE = 1000  # entries one LIST returns
 
 
 @dataclass
@@ -50,7 +51,8 @@ class Namespace:
         # TTL however the two caches line up.
         self.freshness = config.metadata_ttl / 2
         ttl = self.freshness
-        self._relisting: dict[int, trio.Event] = {}
+        self._relisting: dict[int, trio.Event] = {}  # a page of the directory being listed
+        self._listing: dict[int, trio.Event] = {}  # the whole directory being listed
         self._negative: cachetools.TTLCache | None = (
             cachetools.TTLCache(maxsize=65536, ttl=ttl, timer=time.monotonic) if ttl > 0 else None)
 
@@ -127,8 +129,16 @@ class Namespace:
         if child is not None and (child.staged is not None or child.local_only or child.opens
                                   or (child.fresh(ttl) and child.meta_known)):
             return child
-        if child is None and self._negative is not None and (parent.ino, name) in self._negative:
-            raise NotFound(name)
+        if child is None:
+            if self._known_absent(parent, name):
+                raise NotFound(name)
+            if parent.complete_at is not None and len(self.table.children(parent.ino)) < PAGE:
+                # A small directory we knew completely until recently (files being created in
+                # it): one LIST answers this lookup and the misses that follow for a while.
+                await self.relist(parent)
+                child = self.table.child(parent.ino, name)
+                if child is None and self._known_absent(parent, name):
+                    raise NotFound(name)
         if (child is not None and child.meta_known and not child.fresh(ttl)
                 and parent.listed_children >= BATCH):
             parent.stale_lookups += 1
@@ -162,6 +172,26 @@ class Namespace:
         else:
             found = await self.probe(key)
         return self.apply_probe(parent, name, found)
+
+    def _known_absent(self, parent: Inode, name: str) -> bool:
+        """No such name, as a recent lookup or a recent complete listing of `parent` said."""
+        if self._negative is not None and (parent.ino, name) in self._negative:
+            return True
+        return (parent.complete_at is not None
+                and time.monotonic() - parent.complete_at < self.freshness)
+
+    async def relist(self, directory: Inode) -> None:
+        """List a directory again, once however many lookups are waiting for it."""
+        waiting = self._listing.get(directory.ino)
+        if waiting is not None:
+            await waiting.wait()
+            return
+        done = self._listing[directory.ino] = trio.Event()
+        try:
+            await self.list_dir(directory)
+        finally:
+            del self._listing[directory.ino]
+            done.set()
 
     async def relist_from(self, directory: Inode, name: str) -> None:
         """Refresh one page of a directory's listing, starting at `name`; once however many
@@ -243,7 +273,9 @@ class Namespace:
             token = page.next_token
             if token is None:
                 break
-        return self._merge_listing(directory, files, dirs, started)
+        entries = self._merge_listing(directory, files, dirs, started)
+        directory.complete_at = started
+        return entries
 
     def _merge_listing(self, directory: Inode, files: dict[str, ObjectInfo], dirs: set[str],
                        started: float, span: tuple[str | None, str | None] | None = None,

@@ -563,6 +563,31 @@ async def test_stale_lookups_in_a_big_directory_refresh_a_page_at_a_time(make_fs
     assert "f0100" not in await list_names(fs, d.ino)
 
 
+async def test_creates_in_a_new_directory_ask_nothing_of_the_bucket(make_fs, s3_client, bucket):
+    """mkdir showed the directory empty: until the TTL runs out no lookup in it asks S3, then one
+    LIST answers for a while, and an object put there from outside is found."""
+    fs = make_fs(metadata_ttl=10.0)
+    d = await mkdir(fs, ROOT_INODE, b"new", 0o755, UID, GID)
+    before = collections.Counter(fs.store.stats.requests)
+    for i in range(20):
+        await write_file(fs, f"f{i}".encode(), b"x" * i, parent=d.ino)
+    spent = collections.Counter(fs.store.stats.requests) - before
+    assert dict(spent) == {"PUT": 20}
+    assert len(bucket_objects(s3_client, bucket)) == 21
+
+    fs = make_fs(metadata_ttl=1.0)
+    d = await mkdir(fs, ROOT_INODE, b"other", 0o755, UID, GID)
+    s3_client.put_object(Bucket=bucket, Key="other/outside", Body=b"o")
+    await trio.sleep(0.6)  # past the freshness of half the TTL
+    before = collections.Counter(fs.store.stats.requests)
+    for i in range(5):
+        await write_file(fs, f"g{i}".encode(), b"y", parent=d.ino)
+    assert (await lookup(fs, d.ino, b"outside")).size == 1
+    spent = collections.Counter(fs.store.stats.requests) - before
+    assert spent["LIST"] == 1 and spent["PUT"] == 5, spent
+    assert spent["HEAD"] <= 1, spent  # the outside object's metadata
+
+
 async def test_readdir_merges_local_only_files(fs, s3_client, bucket):
     s3_client.put_object(Bucket=bucket, Key="remote.txt", Body=b"r")
     s3_client.put_object(Bucket=bucket, Key="d/x", Body=b"x")
