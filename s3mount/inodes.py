@@ -42,6 +42,8 @@ class Inode:
     xattrs: dict[str, bytes] = field(default_factory=dict)
     listed_children: int = 0  # directories: entries in the last listing
     stale_lookups: int = 0  # directories: lookups of expired entries since that listing
+    meta_lookups: int = 0  # directories: lookups in name order that needed a HEAD, in a row
+    meta_last: str = ""  # directories: the name the last of those looked up
     complete_at: float | None = None  # directories: when a listing or mkdir showed every child
 
     @property
@@ -116,6 +118,7 @@ class InodeTable:
         siblings = self._children.get(inode.parent, {})
         if siblings.get(inode.name) == inode.ino:
             del siblings[inode.name]
+            self._uncovered(inode)
         inode.unlinked = True
         self._drop_if_unused(inode)
 
@@ -127,8 +130,16 @@ class InodeTable:
         siblings = self._children.get(inode.parent, {})
         if siblings.get(inode.name) == inode.ino:
             del siblings[inode.name]
+            self._uncovered(inode)
         inode.parent, inode.name = new_parent, new_name
         self._children.setdefault(new_parent, {})[new_name] = inode.ino
+
+    def _uncovered(self, inode: Inode) -> None:
+        """A directory left its name: an object of that name it shadowed may show again, so
+        the parent no longer knows all its children."""
+        parent = self._inodes.get(inode.parent)
+        if inode.is_dir and parent is not None:
+            parent.complete_at = None
 
     def forget(self, ino: int, count: int) -> None:
         inode = self._inodes.get(ino)

@@ -50,12 +50,13 @@ def build_filesystem(config: MountConfig, store: Any, limiters: Limiters,
     cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(cache_dir, 0o700)
     table = InodeTable(config.uid, config.gid, config.dir_mode)
-    namespace = Namespace(table, store, config)
+    background = background or Background()
+    namespace = Namespace(table, store, config, background)
     uploader = Uploader(store, config.part_size, config.single_put_limit, config.max_concurrency)
     blocks = BlockCache(cache_dir / "blocks", config.cache_budget(), config.block_size,
                         limiters.disk)
     files = FileData(store, namespace, uploader, limiters, cache_dir / "staging", blocks,
-                     background or Background(), config.max_readahead,
+                     background, config.max_readahead,
                      config.conditional_writes)
     return Filesystem(config, store, table, namespace, files, HandleTable())
 

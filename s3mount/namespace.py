@@ -10,6 +10,7 @@ Names S3 holds but POSIX cannot (`a//b`, `.`, `..`, over 255 bytes) are left out
 from __future__ import annotations
 
 import bisect
+import logging
 import stat
 import time
 from dataclasses import dataclass
@@ -17,8 +18,9 @@ from dataclasses import dataclass
 import cachetools
 import trio
 
+from s3mount.blocking import Background
 from s3mount.config import MountConfig
-from s3mount.errors import NotFound
+from s3mount.errors import FsError, NotFound
 from s3mount.inodes import Inode, InodeTable
 from s3mount.keys import dir_prefix, join, split_listing_name
 from s3mount.store import (
@@ -30,9 +32,12 @@ from s3mount.store import (
     is_symlink_meta,
 )
 
+log = logging.getLogger(__name__)
+
 BATCH = 100  # a directory this big is refreshed a page at a time rather than entry by entry,
 SWEEP = 2  # once more than this many of its entries were looked up stale since its last listing
 PAGE = 1000  # entries one LIST returns
+AHEAD = 32  # entries whose metadata is read ahead while a directory's entries are looked up
 
 
 @dataclass
@@ -43,7 +48,8 @@ class Probe:
 
 
 class Namespace:
-    def __init__(self, table: InodeTable, store: ObjectStore, config: MountConfig) -> None:
+    def __init__(self, table: InodeTable, store: ObjectStore, config: MountConfig,
+                 background: Background | None = None) -> None:
         self.table = table
         self.store = store
         self.config = config
@@ -53,6 +59,10 @@ class Namespace:
         ttl = self.freshness
         self._relisting: dict[int, trio.Event] = {}  # a page of the directory being listed
         self._listing: dict[int, trio.Event] = {}  # the whole directory being listed
+        self._completing: dict[int, trio.Event] = {}  # entries whose metadata is being read
+        # Names of recently listed directories in S3's order, for reading metadata ahead.
+        self._order: cachetools.LRUCache = cachetools.LRUCache(maxsize=16)
+        self.background = background or Background()
         self._negative: cachetools.TTLCache | None = (
             cachetools.TTLCache(maxsize=65536, ttl=ttl, timer=time.monotonic) if ttl > 0 else None)
 
@@ -152,18 +162,12 @@ class Namespace:
                     raise NotFound(name)
                 if child.fresh(ttl) and child.meta_known:
                     return child
+        if child is not None and not child.is_dir:
+            return await self._refresh_file(parent, child)
         key = join(self.key(parent), name)
         if child is not None and child.fresh(ttl):
-            # Seen in a listing just now, without its metadata (mode, owner, symlink type):
-            # the listing already said what kind of entry it is, so one HEAD completes it.
-            if child.is_dir:
-                found = Probe(None, await self.store.head(key + "/"), True)
-            else:
-                found = Probe(await self.store.head(key), None, False)
-        elif child is not None and not child.is_dir:
-            found = Probe(await self.store.head(key), None, False)  # still that file?
-            if found.obj is None:
-                found = await self.probe(key)  # gone, or now a directory
+            # Seen in a listing just now, without its marker's metadata (mode, owner).
+            found = Probe(None, await self.store.head(key + "/"), True)
         elif child is not None:
             # Still a directory? One LIST, and the marker's HEAD if it had one.
             found = await self.probe(key, obj=False, marker=False)
@@ -172,6 +176,64 @@ class Namespace:
         else:
             found = await self.probe(key)
         return self.apply_probe(parent, name, found)
+
+    async def _refresh_file(self, parent: Inode, child: Inode) -> Inode:
+        """Still that file?  One HEAD, which also reads the metadata (mode, owner, symlink type)
+        a listing lacks.  While a directory's entries are looked at one after another (ls -l),
+        the HEADs of the entries that follow run ahead in the background, in parallel."""
+        waiting = self._completing.get(child.ino)
+        if waiting is not None:
+            await waiting.wait()
+            now = self.table.child(parent.ino, child.name)
+            if now is None:
+                raise NotFound(child.name)
+            if now.meta_known and now.fresh(self.freshness):
+                return now
+            child = now
+        # Entries looked up in listing order (ls -l, find, du) make a sweep; others do not.
+        parent.meta_lookups = parent.meta_lookups + 1 if child.name > parent.meta_last else 1
+        parent.meta_last = child.name
+        if parent.meta_lookups > SWEEP:
+            for ahead in self._files_after(parent, child.name, AHEAD):
+                done = self._completing[ahead.ino] = trio.Event()
+                if not self.background.start(self._refresh_ahead, parent, ahead, done):
+                    del self._completing[ahead.ino]
+                    break
+        key = join(self.key(parent), child.name)
+        found = Probe(await self.store.head(key), None, False)
+        if found.obj is None:
+            found = await self.probe(key)  # gone, or now a directory
+        return self.apply_probe(parent, child.name, found)
+
+    async def _refresh_ahead(self, parent: Inode, child: Inode, done: trio.Event) -> None:
+        try:
+            info = await self.store.head(join(self.key(parent), child.name))
+            if info is not None and self.table.child(parent.ino, child.name) is child:
+                self.apply_probe(parent, child.name, Probe(info, None, False))
+        except FsError as exc:
+            log.debug("%s not looked up ahead: %s", child.name, exc)
+        finally:
+            if self._completing.get(child.ino) is done:
+                del self._completing[child.ino]
+            done.set()
+
+    def _files_after(self, parent: Inode, name: str, count: int) -> list[Inode]:
+        """Up to `count` files listed after `name` whose attributes need a HEAD that is not on
+        its way yet, looking no further than `count` entries past those already on their way."""
+        order = self._order.get(parent.ino)
+        if order is None:
+            return []
+        found: list[Inode] = []
+        start = bisect.bisect_right(order, name)
+        for other in order[start:start + 2 * count]:
+            child = self.table.child(parent.ino, other)
+            if (child is not None and not child.is_dir and child.staged is None
+                    and not child.local_only and child.ino not in self._completing
+                    and not (child.meta_known and child.fresh(self.freshness))):
+                found.append(child)
+                if len(found) == count:
+                    break
+        return found
 
     def _known_absent(self, parent: Inode, name: str) -> bool:
         """No such name, as a recent lookup or a recent complete listing of `parent` said."""
@@ -275,6 +337,7 @@ class Namespace:
                 break
         entries = self._merge_listing(directory, files, dirs, started)
         directory.complete_at = started
+        self._order[directory.ino] = [name for name, _ in entries]
         return entries
 
     def _merge_listing(self, directory: Inode, files: dict[str, ObjectInfo], dirs: set[str],
@@ -329,7 +392,7 @@ class Namespace:
                     self._negative[(directory.ino, child.name)] = True
         if span is None:
             directory.listed_children = len(entries)
-            directory.stale_lookups = 0
+            directory.stale_lookups = directory.meta_lookups = 0
         return sorted(entries.items())
 
     async def is_empty(self, directory: Inode) -> bool:

@@ -588,6 +588,43 @@ async def test_creates_in_a_new_directory_ask_nothing_of_the_bucket(make_fs, s3_
     assert spent["HEAD"] <= 1, spent  # the outside object's metadata
 
 
+async def test_lookups_in_listing_order_read_metadata_ahead(make_fs, s3_client, bucket):
+    """ls -l without --trust-listings: each entry needs a HEAD for its mode, and once entries
+    are looked up in order, the HEADs of those that follow run ahead in parallel."""
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: s3_client.put_object(
+            Bucket=bucket, Key=f"d/f{i:03d}", Body=b"x",
+            Metadata={"mode": str(stat.S_IFREG | (0o755 if i % 2 else 0o600))}), range(120)))
+    fs = make_fs(metadata_ttl=30.0)
+    d = await lookup_path(fs, "d")
+    names = await list_names(fs, d.ino)
+    before = collections.Counter(fs.store.stats.requests)
+    for name in names[:3]:
+        await lookup(fs, d.ino, name.encode())
+    await trio.sleep(1)  # let what runs ahead finish
+    ahead = [fs.table.child(d.ino, n) for n in names[3:]]
+    assert sum(c.meta_known for c in ahead) == 32
+    for i, name in enumerate(names):
+        inode = await lookup(fs, d.ino, name.encode())
+        assert stat.S_IMODE(inode.mode) == (0o755 if i % 2 else 0o600), name
+    spent = collections.Counter(fs.store.stats.requests) - before
+    assert dict(spent) == {"HEAD": 120}  # each entry read once, none beyond the listing
+
+
+async def test_lookups_out_of_order_read_no_metadata_ahead(make_fs, s3_client, bucket):
+    for i in range(40):
+        s3_client.put_object(Bucket=bucket, Key=f"d/f{i:03d}", Body=b"x")
+    fs = make_fs(metadata_ttl=30.0)
+    d = await lookup_path(fs, "d")
+    names = await list_names(fs, d.ino)
+    before = collections.Counter(fs.store.stats.requests)
+    for name in [names[30], names[2], names[20], names[5], names[9], names[1]]:
+        await lookup(fs, d.ino, name.encode())
+    await trio.sleep(0.5)
+    spent = collections.Counter(fs.store.stats.requests) - before
+    assert dict(spent) == {"HEAD": 6}
+
+
 async def test_readdir_merges_local_only_files(fs, s3_client, bucket):
     s3_client.put_object(Bucket=bucket, Key="remote.txt", Body=b"r")
     s3_client.put_object(Bucket=bucket, Key="d/x", Body=b"x")
