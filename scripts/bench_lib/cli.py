@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="size of the --memory stream in MiB (default 4096 x scale)")
     p.add_argument("--install-peers", action="store_true",
                    help="apt-get install s3fs and rclone (and npm install s3rver) if missing")
+    p.add_argument("--s3mount-option", action="append", default=[], metavar="ARG",
+                   help="pass ARG to s3mount (repeat for more), e.g. --s3mount-option=--trust-listings")
     p.add_argument("--rclone-cache-mode", choices=["writes", "full"], default="full")
     p.add_argument("--rclone-write-back", default="0s", metavar="DURATION",
                    help="rclone's --vfs-write-back (its default is 5s; default here 0s)")
@@ -277,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         admin = make_client(server.url, server.access_key, server.secret_key, pool=32)
         admin.create_bucket(Bucket=BUCKET)
         mounts = Mounts(workdir, endpoint, BUCKET, server.access_key, server.secret_key,
-                        args.rclone_cache_mode, args.rclone_write_back)
+                        args.rclone_cache_mode, args.rclone_write_back,
+                        args.s3mount_option)
         mounts.s3mount_pythonpath = str(pinned) if pinned else None
         drop = can_drop_caches()
         info["warm_note"] = ("kernel page cache dropped before it (echo 3 > "

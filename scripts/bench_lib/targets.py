@@ -81,7 +81,8 @@ class Mounts:
     """Makes fresh mounts of each kind, and takes every one of them down in `close()`."""
 
     def __init__(self, workdir: Path, endpoint: str, bucket: str, access: str, secret: str,
-                 rclone_cache_mode: str, rclone_write_back: str) -> None:
+                 rclone_cache_mode: str, rclone_write_back: str,
+                 s3mount_options: list[str] | None = None) -> None:
         self.workdir = workdir
         self.endpoint = endpoint
         self.bucket = bucket
@@ -89,6 +90,7 @@ class Mounts:
         self.secret = secret
         self.rclone_cache_mode = rclone_cache_mode
         self.rclone_write_back = rclone_write_back
+        self.s3mount_options = list(s3mount_options or [])
         self.live: list[Mount] = []
         self.s3mount_pythonpath: str | None = None  # a snapshot of the source, when pinned
         self.timings: list[tuple[str, str, float]] = []  # (target, "mount"/"unmount", seconds)
@@ -156,10 +158,11 @@ class Mounts:
 
     def _s3mount(self, m: Mount) -> None:
         cmd = [str(self.s3mount_bin), "--endpoint-url", self.endpoint, self.bucket, str(m.path),
-               "--cache-dir", str(m.cache)]
+               "--cache-dir", str(m.cache), *self.s3mount_options]
         m.pattern = f"--cache-dir {m.cache}( |$)"
         self.commands["s3mount"] = " ".join(cmd[:1] + ["--endpoint-url", "URL", "BUCKET",
-                                                       "MNT", "--cache-dir", "DIR"])
+                                                       "MNT", "--cache-dir", "DIR",
+                                                       *self.s3mount_options])
         env = dict(os.environ, AWS_ACCESS_KEY_ID=self.access,
                    AWS_SECRET_ACCESS_KEY=self.secret, AWS_DEFAULT_REGION="us-east-1")
         if self.s3mount_pythonpath:
