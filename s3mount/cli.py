@@ -140,6 +140,9 @@ def build_parser() -> Parser:
                    "10G and a quarter of the free space)")
     p.add_argument("--max-readahead", type=size_arg, default=64 * 1024 * 1024,
                    help="largest read-ahead window of a sequential reader, e.g. 64M")
+    p.add_argument("--kernel-readahead", type=size_arg, default=4 * 1024 * 1024,
+                   help="the kernel's read-ahead for this mount (its read requests grow to 1M "
+                   "each), set when running as root; 0 leaves the kernel's 128K")
     p.add_argument("--no-conditional-writes", action="store_true",
                    help="for endpoints without If-Match/If-None-Match on PUT: commit without "
                    "checking that nobody else changed the object (a concurrent change is lost)")
@@ -392,7 +395,7 @@ def make_config(argv: list[str]) -> MountConfig:
         file_mode=args.file_mode, dir_mode=args.dir_mode, cache_dir=args.cache_dir,
         log_level=args.log_level, metadata_ttl=args.metadata_ttl,
         max_concurrency=args.max_concurrency, cache_size=args.cache_size,
-        max_readahead=args.max_readahead, keys=keys, ca_bundle=ca_bundle,
+        max_readahead=args.max_readahead, kernel_readahead=args.kernel_readahead, keys=keys, ca_bundle=ca_bundle,
         verify_ssl=not args.no_verify_ssl, metrics_port=args.metrics_port,
         conditional_writes=not args.no_conditional_writes, trust_listings=args.trust_listings,
         connect_timeout=args.connect_timeout, read_timeout=args.read_timeout,

@@ -85,3 +85,25 @@ def test_umount_as_root(make_mount, s3_client, bucket):
     subprocess.run(["umount", str(m.path)], check=True)
     assert not is_mounted(m.path)
     assert bucket_objects(s3_client, bucket) == {"f": b"before umount"}
+
+
+def read_ahead_kb(path) -> int:
+    dev = os.stat(path).st_dev
+    with open(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb") as f:
+        return int(f.read())
+
+
+def test_kernel_readahead_is_raised_and_reads_stay_exact(make_mount, s3_client, bucket):
+    data = os.urandom(9 * 1024 * 1024 + 123)
+    s3_client.put_object(Bucket=bucket, Key="big", Body=data)
+    m = make_mount(bucket)
+    assert read_ahead_kb(m.path) == 4096  # the default, as root
+    assert (m.path / "big").read_bytes() == data
+    with open(m.path / "big", "rb") as f:  # a reader that jumps about still gets its bytes
+        for offset in (5_000_000, 17, 9 * 1024 * 1024, 1_048_575):
+            f.seek(offset)
+            assert f.read(70_000) == data[offset:offset + 70_000]
+    other = make_mount(bucket, "-o", "kernel_readahead=1M", name="other")
+    assert read_ahead_kb(other.path) == 1024
+    kept = make_mount(bucket, "--kernel-readahead", "0", name="kept")
+    assert read_ahead_kb(kept.path) not in (1024, 4096)  # the kernel's own choice
