@@ -44,7 +44,12 @@ class Inode:
     stale_lookups: int = 0  # directories: lookups of expired entries since that listing
     meta_lookups: int = 0  # directories: lookups in name order that needed a HEAD, in a row
     meta_last: str = ""  # directories: the name the last of those looked up
+    new_lookups: int = 0  # directories: lookups in name order of names not cached, in a row
+    new_last: str = ""  # directories: the name the last of those looked up
     complete_at: float | None = None  # directories: when a listing or mkdir showed every child
+    # directories: (after, last, when) of the last page listed alone: every name after `after`
+    # up to `last` (None: unbounded) that is not a child was absent then
+    known_span: tuple[str | None, str | None, float] | None = None
 
     @property
     def kind(self) -> int:
@@ -139,7 +144,7 @@ class InodeTable:
         the parent no longer knows all its children."""
         parent = self._inodes.get(inode.parent)
         if inode.is_dir and parent is not None:
-            parent.complete_at = None
+            parent.complete_at = parent.known_span = None
 
     def forget(self, ino: int, count: int) -> None:
         inode = self._inodes.get(ino)
@@ -158,8 +163,8 @@ class InodeTable:
             if siblings.get(inode.name) == inode.ino:
                 del siblings[inode.name]
                 parent = self._inodes.get(inode.parent)
-                if parent is not None:
-                    parent.complete_at = None  # a name it has is no longer in the index
+                if parent is not None:  # a name it has is no longer in the index
+                    parent.complete_at = parent.known_span = None
         self._inodes.pop(inode.ino, None)
         self._children.pop(inode.ino, None)
 

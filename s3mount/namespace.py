@@ -149,6 +149,17 @@ class Namespace:
                 child = self.table.child(parent.ino, name)
                 if child is None and self._known_absent(parent, name):
                     raise NotFound(name)
+            # New names looked up one after another in a directory (stat of many files): after
+            # a couple of probes, one LIST from this name on answers it and the names after it.
+            parent.new_lookups = parent.new_lookups + 1 if name > parent.new_last else 1
+            parent.new_last = name
+            if child is None and parent.new_lookups > SWEEP:
+                after, last = await self.relist_from(parent, name)
+                child = self.table.child(parent.ino, name)
+                if child is None and self._known_absent(parent, name):
+                    raise NotFound(name)  # the page covered it: neither object nor directory
+            if child is not None and child.fresh(ttl) and child.meta_known:
+                return child  # a listing just now said all there is to know
         if (child is not None and child.meta_known and not child.fresh(ttl)
                 and parent.listed_children >= BATCH):
             parent.stale_lookups += 1
@@ -239,8 +250,14 @@ class Namespace:
         """No such name, as a recent lookup or a recent complete listing of `parent` said."""
         if self._negative is not None and (parent.ino, name) in self._negative:
             return True
-        return (parent.complete_at is not None
-                and time.monotonic() - parent.complete_at < self.freshness)
+        now = time.monotonic()
+        if parent.complete_at is not None and now - parent.complete_at < self.freshness:
+            return True
+        if parent.known_span is None:
+            return False
+        after, last, when = parent.known_span
+        return (now - when < self.freshness and (after is None or name > after)
+                and (last is None or name + "/" <= last))
 
     async def relist(self, directory: Inode) -> None:
         """List a directory again, once however many lookups are waiting for it."""
@@ -255,18 +272,20 @@ class Namespace:
             del self._listing[directory.ino]
             done.set()
 
-    async def relist_from(self, directory: Inode, name: str) -> None:
+    async def relist_from(self, directory: Inode, name: str) -> tuple[str | None, str | None]:
         """Refresh one page of a directory's listing, starting at `name`; once however many
-        lookups are waiting for the directory (a waiter outside the page asks on its own)."""
+        lookups are waiting for the directory.  Returns the span of names the page covered
+        (see `_merge_listing`); a waiter gets an empty span and asks on its own if need be."""
         waiting = self._relisting.get(directory.ino)
         if waiting is not None:
             await waiting.wait()
-            return
+            return ("", "")
         done = self._relisting[directory.ino] = trio.Event()
         try:
             names = sorted(c.name for c in self.table.children(directory.ino))
             at = bisect.bisect_left(names, name)
-            after = names[at - 1] if at > 0 else None  # sorts before `name` and `name/` alike
+            # Sorts before `name` and `name/` alike, and as close to them as cheaply known.
+            after = max(names[at - 1] if at > 0 else "", name[:-1]) or None
             prefix = dir_prefix(self.key(directory))
             started = time.monotonic()
             page = await self.store.list_page(
@@ -276,6 +295,11 @@ class Namespace:
             if page.next_token is not None:
                 last = max([o.key for o in page.objects] + page.prefixes)[len(prefix):]
             self._merge_listing(directory, files, dirs, started, span=(after, last))
+            directory.known_span = (after, last, started)
+            known = [c.name for c in self.table.children(directory.ino)]
+            if len(self._order.get(directory.ino, ())) < len(known):
+                self._order[directory.ino] = sorted(known)  # for reading metadata ahead
+            return after, last
         finally:
             del self._relisting[directory.ino]
             done.set()

@@ -625,6 +625,30 @@ async def test_lookups_out_of_order_read_no_metadata_ahead(make_fs, s3_client, b
     assert dict(spent) == {"HEAD": 6}
 
 
+async def test_stat_of_many_new_names_lists_a_page_instead_of_probing(make_fs, s3_client,
+                                                                      bucket):
+    """stat of files one after another, never listed: after a couple of probes (HEAD + LIST
+    each), one LIST from the name on answers for the names that follow, absent ones too."""
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: s3_client.put_object(Bucket=bucket, Key=f"d/f{i:04d}", Body=b"x"),
+                      range(0, 1400, 2)))  # even numbers only
+    s3_client.put_object(Bucket=bucket, Key="d/f0101/inner", Body=b"a directory")
+    fs = make_fs(metadata_ttl=30.0, trust_listings=True)
+    d = await lookup_path(fs, "d")
+    before = collections.Counter(fs.store.stats.requests)
+    for i in range(1400):
+        name = f"f{i:04d}".encode()
+        if i % 2 == 0:
+            assert (await lookup(fs, d.ino, name)).size == 1
+        elif i == 101:
+            assert (await lookup(fs, d.ino, name)).is_dir
+        else:
+            with pytest.raises(errors.NotFound):
+                await lookup(fs, d.ino, name)
+    spent = collections.Counter(fs.store.stats.requests) - before
+    assert spent["HEAD"] == 2 and spent["LIST"] <= 2 + 3, spent  # 2 probes, pages of 1000
+
+
 async def test_readdir_merges_local_only_files(fs, s3_client, bucket):
     s3_client.put_object(Bucket=bucket, Key="remote.txt", Body=b"r")
     s3_client.put_object(Bucket=bucket, Key="d/x", Body=b"x")
