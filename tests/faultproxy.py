@@ -1,7 +1,8 @@
 """A fault-injecting HTTP proxy on loopback, between s3mount and the S3 server.
 
 Each request is forwarded unchanged unless a rule matches it: answer 500, answer 503 SlowDown,
-reset the connection, stall before answering, or (when `down`) reset everything.  Rules count
+reset the connection, stall before answering, or (when `down`) reset everything.  An optional
+`check` (tests/sigv2check.py) refuses badly signed requests first.  Rules count
 down and then stop matching.  Runs in threads of the test process, which controls it directly.
 """
 
@@ -11,8 +12,10 @@ import http.client
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import urlsplit
 
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
@@ -40,6 +43,8 @@ class FaultProxy:
         self.lock = threading.Lock()
         self.requests = 0
         self.injected = 0
+        # Refuses a request before anything else: (status, S3 error code), or None to go on.
+        self.check: Callable[[str, str, Any], tuple[int, str] | None] | None = None
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -51,6 +56,11 @@ class FaultProxy:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                refusal = proxy.check(self.command, self.path, self.headers) if proxy.check \
+                    else None
+                if refusal is not None:
+                    self._error(*refusal)
+                    return
                 action = proxy._choose(self.command, self.path)
                 if action == "reset":
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
@@ -61,18 +71,19 @@ class FaultProxy:
                 if action is not None and action.startswith("stall:"):
                     time.sleep(float(action.split(":")[1]))
                 if action in ("500", "503"):
-                    code = "InternalError" if action == "500" else "SlowDown"
-                    payload = (f"<Error><Code>{code}</Code><Message>injected</Message>"
-                               "</Error>").encode()
-                    self.send_response(int(action))
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(payload) if
-                                                           self.command != "HEAD" else 0))
-                    self.end_headers()
-                    if self.command != "HEAD":
-                        self.wfile.write(payload)
+                    self._error(int(action), "InternalError" if action == "500" else "SlowDown")
                     return
                 self._forward(body)
+
+            def _error(self, status: int, code: str) -> None:
+                payload = f"<Error><Code>{code}</Code><Message>injected</Message></Error>"
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(payload) if
+                                                       self.command != "HEAD" else 0))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload.encode())
 
             def _forward(self, body: bytes) -> None:
                 conn = http.client.HTTPConnection(*proxy.target, timeout=120)

@@ -7,6 +7,7 @@ After each test the mount's log must hold no WARNING/ERROR line unless the test 
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 from helpers import Mount, is_mounted
@@ -45,3 +46,16 @@ def make_mount(s3_server, tmp_path):
 @pytest.fixture
 def mounted(make_mount, bucket):
     return make_mount(bucket)
+
+
+@pytest.fixture
+def mounts():
+    """Mounts a test starts itself (each with its own environment): all taken down after it."""
+    made: list[Mount] = []
+    yield made
+    for m in made:
+        try:
+            m.stop()
+        finally:
+            if is_mounted(m.path):
+                subprocess.run(["fusermount3", "-u", "-z", str(m.path)])

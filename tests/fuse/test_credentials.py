@@ -9,11 +9,12 @@
   --allow-mismatched-signatures: a SigV2 (or SigV4) request must still be well formed and name
   an existing access key, but a wrong secret goes unnoticed there.
 So every credential source is tested with SigV4 on moto (full check) and with SigV2 on s3rver
-(key check); wrong keys are refused by both.  Virtual-hosted addressing needs a host name:
-those mounts run in a private mount namespace whose /etc/hosts names only `BUCKET.s3.test`, so a
-path-style request could not even resolve.  s3rver is installed with npm into a cache directory
-(`$S3MOUNT_NPM_PREFIX`, default ~/.cache/s3mount-tests/npm) when missing; without npm the s3rver
-tests are skipped.
+(key check); wrong keys are refused by both.  SigV2 signatures are checked in full by the proxy
+of test_sigv2.py (tests/sigv2check.py) in front of moto.  Virtual-hosted addressing needs a host
+name: those mounts run in a private mount namespace whose /etc/hosts names only
+`BUCKET.s3.test`, so a path-style request could not even resolve.  s3rver is installed with npm
+into a cache directory (`$S3MOUNT_NPM_PREFIX`, default ~/.cache/s3mount-tests/npm) when
+missing; without npm the s3rver tests are skipped.
 """
 
 from __future__ import annotations
@@ -272,18 +273,6 @@ def credential_source(kind: str, access: str, secret: str, tmp: Path,
 
 SOURCES = ["env", "shared-credentials-file", "profile", "config-file-profile", "passwd-file",
            "s3mount-config-file"]
-
-
-@pytest.fixture
-def mounts():
-    made: list[Mount] = []
-    yield made
-    for m in made:
-        try:
-            m.stop()
-        finally:
-            if is_mounted(m.path):
-                subprocess.run(["fusermount3", "-u", "-z", str(m.path)])
 
 
 def mount_with(mounts, endpoint, bucket, tmp_path, env, extra) -> EnvMount:  # type: ignore[no-untyped-def]
