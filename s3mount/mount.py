@@ -20,7 +20,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from s3mount import status
+from s3mount import heap, status
 from s3mount.blockcache import BlockCache
 from s3mount.blocking import Background, Limiters, run_blocking
 from s3mount.config import MountConfig
@@ -99,6 +99,7 @@ def recover(config: MountConfig, fs: Filesystem) -> None:
 
 
 def run(config: MountConfig, client: Any, on_ready: Callable[[], None] | None = None) -> int:
+    heap.return_big_buffers()  # before any worker thread makes an arena
     limiters = Limiters(config.max_concurrency)
     store = S3Store(client, config.bucket, config.prefix, limiters.s3)
     background = Background()

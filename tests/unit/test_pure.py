@@ -794,3 +794,13 @@ def test_all_and_len(table):
     add_file(table, a.ino, "f")
     assert len(table) == 3
     assert {i.ino for i in table.all()} == {ROOT_INODE, a.ino, a.ino + 1}
+
+
+def test_malloc_returns_big_buffers_on_glibc():
+    import platform
+
+    from s3mount import heap
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert heap.return_big_buffers()
