@@ -575,10 +575,10 @@ async def test_creates_in_a_new_directory_ask_nothing_of_the_bucket(make_fs, s3_
     assert dict(spent) == {"PUT": 20}
     assert len(bucket_objects(s3_client, bucket)) == 21
 
-    fs = make_fs(metadata_ttl=1.0)
+    fs = make_fs(metadata_ttl=4.0)  # long enough for the creates below on a loaded machine
     d = await mkdir(fs, ROOT_INODE, b"other", 0o755, UID, GID)
     s3_client.put_object(Bucket=bucket, Key="other/outside", Body=b"o")
-    await trio.sleep(0.6)  # past the freshness of half the TTL
+    await trio.sleep(2.1)  # past the freshness of half the TTL
     before = collections.Counter(fs.store.stats.requests)
     for i in range(5):
         await write_file(fs, f"g{i}".encode(), b"y", parent=d.ino)
@@ -601,7 +601,9 @@ async def test_lookups_in_listing_order_read_metadata_ahead(make_fs, s3_client, 
     before = collections.Counter(fs.store.stats.requests)
     for name in names[:3]:
         await lookup(fs, d.ino, name.encode())
-    await trio.sleep(1)  # let what runs ahead finish
+    with trio.fail_after(30):  # let what runs ahead finish
+        while fs.ns._completing:
+            await trio.sleep(0.05)
     ahead = [fs.table.child(d.ino, n) for n in names[3:]]
     assert sum(c.meta_known for c in ahead) == 32
     for i, name in enumerate(names):
