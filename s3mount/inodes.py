@@ -102,6 +102,10 @@ class InodeTable:
         ino = self._children.get(parent, {}).get(name)
         return self._inodes[ino] if ino is not None else None
 
+    def count(self, parent: int) -> int:
+        """How many children of `parent` are cached, without building the list."""
+        return len(self._children.get(parent, ()))
+
     def children(self, parent: int) -> list[Inode]:
         return [self._inodes[i] for i in self._children.get(parent, {}).values()]
 

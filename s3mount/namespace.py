@@ -142,7 +142,7 @@ class Namespace:
         if child is None:
             if self._known_absent(parent, name):
                 raise NotFound(name)
-            if parent.complete_at is not None and len(self.table.children(parent.ino)) < PAGE:
+            if parent.complete_at is not None and self.table.count(parent.ino) < PAGE:
                 # A small directory we knew completely until recently (files being created in
                 # it): one LIST answers this lookup and the misses that follow for a while.
                 await self.relist(parent)
