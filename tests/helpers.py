@@ -1,4 +1,5 @@
-"""Test helpers: a moto S3 server on loopback, and mounts made through the real command line."""
+"""Test helpers: the S3 servers on loopback (moto, s3rver), mounts made through the real command
+line, and running that command line."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import boto3
+import pytest
 from botocore.config import Config
 
 ACCESS_KEY = "testing-access"
@@ -64,11 +66,7 @@ class MotoServer:
                             config=Config(s3={"addressing_style": "path"}))
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc)
 
 
 def is_mounted(path: Path) -> bool:
@@ -148,3 +146,99 @@ def bucket_objects(client, bucket: str) -> dict[str, bytes]:
 
 def have(program: str) -> bool:
     return shutil.which(program) is not None
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """End a server the tests started: politely, then for sure."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.1)
+
+
+# -- s3rver, the suite's second S3 server (npm) ------------------------------------------------
+
+S3RVER_VERSION = "3.7.1"
+S3RVER_KEY = "S3RVER"
+
+
+def s3rver_script() -> Path:
+    """s3rver's entry point, installed with npm into the cache directory if it is not yet."""
+    prefix = Path(os.environ.get("S3MOUNT_NPM_PREFIX")
+                  or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                  / "s3mount-tests" / "npm")
+    script = prefix / "node_modules" / "s3rver" / "bin" / "s3rver.js"
+    if script.exists():
+        return script
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        pytest.skip("npm/node are not installed: cannot install s3rver (apt-get install npm)")
+    prefix.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["npm", "install", "--prefix", str(prefix), "--no-audit", "--no-fund",
+                             f"s3rver@{S3RVER_VERSION}"], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0 and script.exists(), f"npm install s3rver: {result.stderr}"
+    return script
+
+
+class S3rver:
+    def __init__(self, script: Path, directory: Path, tls: tuple[Path, Path] | None = None):
+        self.port = free_port()
+        scheme = "https" if tls else "http"
+        self.endpoint = f"{scheme}://127.0.0.1:{self.port}"
+        self.vhost_endpoint = f"{scheme}://s3.test:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env["NODE_OPTIONS"] = "--openssl-legacy-provider"  # listings past 1,000 keys on Node 20
+        command = ["node", str(script), "-d", str(directory), "-p", str(self.port), "-a",
+                   "127.0.0.1", "--silent", "--service-endpoint", "test",
+                   "--allow-mismatched-signatures"]
+        if tls:
+            command += ["--key", str(tls[0]), "--cert", str(tls[1])]
+        self.tls = tls
+        self.proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_port(self.port, self.proc, "s3rver")
+
+    def client(self, signature: str = "s3v4"):  # type: ignore[no-untyped-def]
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=S3RVER_KEY,
+                            aws_secret_access_key=S3RVER_KEY, region_name=REGION,
+                            verify=str(self.tls[1]) if self.tls else None,
+                            config=Config(signature_version=signature,
+                                          s3={"addressing_style": "path"}))
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "s3mount", *args],
+                          env=test_env() if env is None else env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], status: int | None = None) -> str:
+    """The single stderr line of a failed start, lower-cased for matching."""
+    assert result.returncode != 0, result
+    if status is not None:
+        assert result.returncode == status, result
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("s3mount: "), lines[0]
+    assert result.stdout == ""
+    return lines[0].lower()

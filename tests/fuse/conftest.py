@@ -59,3 +59,12 @@ def mounts():
         finally:
             if is_mounted(m.path):
                 subprocess.run(["fusermount3", "-u", "-z", str(m.path)])
+
+
+@pytest.fixture
+def mountpoint(tmp_path):
+    path = tmp_path / "mnt"
+    path.mkdir()
+    yield path
+    if is_mounted(path):  # a start that should have failed did mount: take it down
+        subprocess.run(["fusermount3", "-u", "-z", str(path)])

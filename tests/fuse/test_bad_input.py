@@ -14,10 +14,7 @@ import concurrent.futures
 import errno
 import os
 import shutil
-import socket
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -29,10 +26,12 @@ from helpers import (
     REGION,
     SECRET_KEY,
     Mount,
+    S3rver,
     bucket_objects,
-    free_port,
     is_mounted,
-    test_env,
+    one_line_error,
+    run_cli,
+    s3rver_script,
 )
 
 MIB = 1024 * 1024
@@ -299,54 +298,9 @@ def test_many_keys_in_one_directory(mounted, s3_server, bucket):
 # -- a sparse file past S3's 5 GiB single-request limits ---------------------------------------
 
 
-class S3rver:
-    """s3rver (the test suite's other S3 server) on loopback: it keeps objects and parts on disk
-    where moto holds a multipart upload's parts, and then the whole object twice, in memory (a
-    6 GiB object would take some 13 GiB of RAM)."""
-
-    def __init__(self, directory: Path) -> None:
-        prefix = Path(os.environ.get("S3MOUNT_NPM_PREFIX")
-                      or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-                      / "s3mount-tests" / "npm")
-        script = prefix / "node_modules" / "s3rver" / "bin" / "s3rver.js"
-        if not script.exists() or shutil.which("node") is None:
-            pytest.skip("s3rver is not installed (tests/fuse/test_credentials.py installs it)")
-        self.directory = directory
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        env["NODE_OPTIONS"] = "--openssl-legacy-provider"
-        self.proc = subprocess.Popen(
-            ["node", str(script), "-d", str(directory), "-p", str(self.port), "-a", "127.0.0.1",
-             "--silent", "--service-endpoint", "test", "--allow-mismatched-signatures"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("s3rver did not start") from None
-                time.sleep(0.1)
-
-    def client(self):
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="S3RVER",
-                            aws_secret_access_key="S3RVER", region_name=REGION,
-                            config=Config(s3={"addressing_style": "path"}))
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        shutil.rmtree(self.directory, ignore_errors=True)  # 6 GiB of zeros
-
-
 @pytest.mark.slow
 def test_sparse_file_beyond_5_gib(tmp_path):
-    server = S3rver(tmp_path / "s3rver")
+    server = S3rver(s3rver_script(), tmp_path / "s3rver")
     mount = None
     try:
         s3 = server.client()
@@ -392,31 +346,12 @@ def test_sparse_file_beyond_5_gib(tmp_path):
         if mount is not None:
             mount.stop()
         server.stop()
+        shutil.rmtree(tmp_path / "s3rver", ignore_errors=True)  # 6 GiB of zeros
 
 
 # -- bad option values -------------------------------------------------------------------------
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "s3mount", *args], env=test_env(),
-                          capture_output=True, text=True, timeout=120)
-
-
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode != 0, "the mount started"
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("s3mount: "), result.stderr
-    return lines[0].lower()
-
-
-@pytest.fixture
-def mountpoint(tmp_path):
-    path = tmp_path / "mnt"
-    path.mkdir()
-    yield path
-    if is_mounted(path):  # a start that should have failed did mount: take it down
-        subprocess.run(["fusermount3", "-u", str(path)])
 
 
 @pytest.mark.parametrize(("args", "needle", "status"), [

@@ -9,44 +9,17 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from helpers import Mount, free_port, is_mounted, test_env
+from helpers import Mount, free_port, is_mounted, one_line_error, run_cli, test_env
 
 QUICK = 15.0  # seconds a start-up failure may take at most
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "s3mount", *args],
-                          env=test_env() if env is None else env, capture_output=True,
-                          text=True, timeout=timeout)
 
-
-def one_line_error(result: subprocess.CompletedProcess[str], status: int | None = None) -> str:
-    """The single stderr line of a failed start, lower-cased for matching."""
-    assert result.returncode != 0, result
-    if status is not None:
-        assert result.returncode == status, result
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("s3mount: "), lines[0]
-    assert result.stdout == ""
-    return lines[0].lower()
-
-
-@pytest.fixture
-def mountpoint(tmp_path):
-    path = tmp_path / "mnt"
-    path.mkdir()
-    yield path
-    if is_mounted(path):  # a start that should have failed did mount: take it down
-        subprocess.run(["fusermount3", "-u", "-z", str(path)])
 
 
 @pytest.fixture

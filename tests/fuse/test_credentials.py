@@ -24,7 +24,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -32,10 +31,17 @@ from pathlib import Path
 import boto3
 import pytest
 from botocore.config import Config
-from helpers import Mount, free_port, is_mounted
+from helpers import (
+    S3RVER_KEY,
+    Mount,
+    S3rver,
+    free_port,
+    is_mounted,
+    s3rver_script,
+    stop_process,
+    wait_port,
+)
 
-S3RVER_VERSION = "3.7.1"
-S3RVER_KEY = "S3RVER"
 REGION = "us-east-1"
 MIB = 1024 * 1024
 
@@ -48,70 +54,7 @@ def clean_env() -> dict[str, str]:
     return env
 
 
-def wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with __import__("socket").create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not start") from None
-            time.sleep(0.1)
-
-
 # -- the servers -------------------------------------------------------------------------------
-
-
-def s3rver_script() -> Path:
-    """s3rver's entry point, installed with npm into the cache directory if it is not yet."""
-    prefix = Path(os.environ.get("S3MOUNT_NPM_PREFIX")
-                  or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-                  / "s3mount-tests" / "npm")
-    script = prefix / "node_modules" / "s3rver" / "bin" / "s3rver.js"
-    if script.exists():
-        return script
-    if shutil.which("npm") is None or shutil.which("node") is None:
-        pytest.skip("npm/node are not installed: cannot install s3rver (apt-get install npm)")
-    prefix.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(["npm", "install", "--prefix", str(prefix), "--no-audit", "--no-fund",
-                             f"s3rver@{S3RVER_VERSION}"], capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0 and script.exists(), f"npm install s3rver: {result.stderr}"
-    return script
-
-
-class S3rver:
-    def __init__(self, script: Path, directory: Path, tls: tuple[Path, Path] | None = None):
-        self.port = free_port()
-        scheme = "https" if tls else "http"
-        self.endpoint = f"{scheme}://127.0.0.1:{self.port}"
-        self.vhost_endpoint = f"{scheme}://s3.test:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        env["NODE_OPTIONS"] = "--openssl-legacy-provider"  # listings past 1,000 keys on Node 20
-        command = ["node", str(script), "-d", str(directory), "-p", str(self.port), "-a",
-                   "127.0.0.1", "--silent", "--service-endpoint", "test",
-                   "--allow-mismatched-signatures"]
-        if tls:
-            command += ["--key", str(tls[0]), "--cert", str(tls[1])]
-        self.tls = tls
-        self.proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        wait_port(self.port, self.proc, "s3rver")
-
-    def client(self, signature: str = "s3v4"):  # type: ignore[no-untyped-def]
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=S3RVER_KEY,
-                            aws_secret_access_key=S3RVER_KEY, region_name=REGION,
-                            verify=str(self.tls[1]) if self.tls else None,
-                            config=Config(signature_version=signature,
-                                          s3={"addressing_style": "path"}))
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 class MotoWithAuth:
@@ -142,11 +85,7 @@ class MotoWithAuth:
                             config=Config(s3={"addressing_style": "path"}))
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc)
 
 
 @pytest.fixture(scope="module")
