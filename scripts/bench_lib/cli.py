@@ -62,7 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--install-peers", action="store_true",
                    help="apt-get install s3fs and rclone (and npm install s3rver) if missing")
     p.add_argument("--s3mount-option", action="append", default=[], metavar="ARG",
-                   help="pass ARG to s3mount (repeat for more), e.g. --s3mount-option=--trust-listings")
+                   help="pass ARG to s3mount (repeat for more), "
+                   "e.g. --s3mount-option=--trust-listings")
     p.add_argument("--rclone-cache-mode", choices=["writes", "full"], default="full")
     p.add_argument("--rclone-write-back", default="0s", metavar="DURATION",
                    help="rclone's --vfs-write-back (its default is 5s; default here 0s)")

@@ -91,13 +91,8 @@ def start_moto(workdir: Path) -> Server:
         proc = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
-    server = Server("moto", port, proc, "benchkey", "benchsecret", _moto_version(), log)
-    try:
-        wait_http(port, proc, log)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return _answering(Server("moto", port, proc, "benchkey", "benchsecret", _moto_version(),
+                             log))
 
 
 def _moto_version() -> str:
@@ -142,9 +137,13 @@ def start_s3rver(workdir: Path, install: bool) -> Server:
                                 start_new_session=True)
     version = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
                              env=env).stdout.strip() or "?"
-    server = Server("s3rver", port, proc, "S3RVER", "S3RVER", version, log)
+    return _answering(Server("s3rver", port, proc, "S3RVER", "S3RVER", version, log))
+
+
+def _answering(server: Server) -> Server:
+    """The server once it answers HTTP; stopped if it never does."""
     try:
-        wait_http(port, proc, log)
+        wait_http(server.port, server.proc, server.log)
     except BaseException:
         server.stop()
         raise
