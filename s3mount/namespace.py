@@ -154,7 +154,7 @@ class Namespace:
             parent.new_lookups = parent.new_lookups + 1 if name > parent.new_last else 1
             parent.new_last = name
             if child is None and parent.new_lookups > SWEEP:
-                after, last = await self.relist_from(parent, name)
+                await self.relist_from(parent, name)
                 child = self.table.child(parent.ino, name)
                 if child is None and self._known_absent(parent, name):
                     raise NotFound(name)  # the page covered it: neither object nor directory
@@ -272,14 +272,14 @@ class Namespace:
             del self._listing[directory.ino]
             done.set()
 
-    async def relist_from(self, directory: Inode, name: str) -> tuple[str | None, str | None]:
-        """Refresh one page of a directory's listing, starting at `name`; once however many
-        lookups are waiting for the directory.  Returns the span of names the page covered
-        (see `_merge_listing`); a waiter gets an empty span and asks on its own if need be."""
+    async def relist_from(self, directory: Inode, name: str) -> None:
+        """Refresh one page of a directory's listing, starting at `name`, and remember the span
+        it covered (`known_span`); once however many lookups are waiting for the directory (a
+        waiter outside the page asks on its own)."""
         waiting = self._relisting.get(directory.ino)
         if waiting is not None:
             await waiting.wait()
-            return ("", "")
+            return
         done = self._relisting[directory.ino] = trio.Event()
         try:
             names = sorted(c.name for c in self.table.children(directory.ino))
@@ -299,7 +299,6 @@ class Namespace:
             known = [c.name for c in self.table.children(directory.ino)]
             if len(self._order.get(directory.ino, ())) < len(known):
                 self._order[directory.ino] = sorted(known)  # for reading metadata ahead
-            return after, last
         finally:
             del self._relisting[directory.ino]
             done.set()
