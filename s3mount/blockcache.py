@@ -16,18 +16,32 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cachetools
 import trio
 
 from s3mount.blocking import run_blocking
-from s3mount.errors import Stale
+from s3mount.errors import FsError, Stale
 
 log = logging.getLogger(__name__)
 
 BlockId = tuple[str, int]  # (digest of key and etag, block index)
+
+
+@dataclass
+class _Pending:
+    """A block being fetched: readers wait for `done`; `error` when its request failed."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    error: FsError | None = None
+
+
+class _RunEnds(Exception):
+    """A streamed run reached a block someone else fetched: it stops there."""
 
 
 class _FileLRU(cachetools.LRUCache):
@@ -58,7 +72,8 @@ class BlockCache:
         self.limiter = limiter
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.lru = _FileLRU(max(capacity, block_size), directory)
-        self._inflight: dict[BlockId, trio.Event] = {}
+        self._inflight: dict[BlockId, _Pending] = {}
+        self._wanted: Counter[BlockId] = Counter()  # readers waiting for blocks in flight
         self.hits = 0
         self.misses = 0
         self._adopt_leftovers()
@@ -77,6 +92,10 @@ class BlockCache:
         for _, block, size in sorted(found):
             self.lru[block] = size
 
+    @property
+    def capacity(self) -> int:
+        return int(self.lru.maxsize)
+
     def _path(self, block: BlockId) -> Path:
         return self.directory / f"{block[0]}-{block[1]}"
 
@@ -89,6 +108,11 @@ class BlockCache:
     def busy(self, key: str, etag: str, index: int) -> bool:
         block = (block_digest(key, etag), index)
         return block in self.lru or block in self._inflight
+
+    def wanted(self, key: str, etag: str, indexes: range) -> bool:
+        """Whether a reader is waiting for any of these blocks while they are in flight."""
+        digest = block_digest(key, etag)
+        return any(block[0] == digest and block[1] in indexes for block in self._wanted)
 
     async def read(self, key: str, etag: str, object_size: int, index: int, start: int,
                    length: int, fetch: Callable[[int, int], Awaitable[bytes]]) -> bytes:
@@ -110,22 +134,22 @@ class BlockCache:
             waiting = self._inflight.get(block)
             if waiting is None:
                 break
-            await waiting.wait()
+            self._wanted[block] += 1
+            try:
+                await waiting.done.wait()
+            finally:
+                self._wanted[block] -= 1
+                if not self._wanted[block]:
+                    del self._wanted[block]
+            if waiting.error is not None:  # its request failed after its retries: so would ours
+                raise type(waiting.error)(str(waiting.error))
         self.misses += 1
         data = await self._fill(block, index, expected, fetch)
         return data[start:start + length]
 
-    async def prefetch(self, key: str, etag: str, object_size: int, index: int,
-                       fetch: Callable[[int, int], Awaitable[bytes]]) -> None:
-        block = (block_digest(key, etag), index)
-        if block in self.lru or block in self._inflight:
-            return
-        await self._fill(block, index, self.expected_length(object_size, index), fetch)
-
     async def _fill(self, block: BlockId, index: int, expected: int,
                     fetch: Callable[[int, int], Awaitable[bytes]]) -> bytes:
-        done = trio.Event()
-        self._inflight[block] = done
+        pending = self._inflight[block] = _Pending()
         try:
             begin = index * self.block_size
             data = await fetch(begin, begin + expected)
@@ -136,7 +160,22 @@ class BlockCache:
             return data
         finally:
             del self._inflight[block]
-            done.set()
+            pending.done.set()
+
+    def start_run(self, key: str, etag: str, object_size: int, first: int, count: int,
+                  ahead: int) -> Run | None:
+        """Claim a run of up to `count` blocks from `first`, to be fetched with one request by
+        `Run.fetch`; None when block `first` is already held or in flight.
+
+        The claim is made now, so no reader fetches the first blocks apart meanwhile.  The run
+        holds in flight only the `ahead` blocks after the one it is receiving, so readers of
+        later blocks fetch them themselves rather than wait for the stream; it ends before the
+        first block that is already held or in flight.
+        """
+        run = Run(self, block_digest(key, etag), object_size, first,
+                  min(first + count, -(-object_size // self.block_size)), ahead)
+        run.claim(first + 1 + ahead)
+        return run if run.events else None
 
     def _read_file(self, block: BlockId, start: int, length: int, expected: int) -> bytes | None:
         try:
@@ -166,3 +205,84 @@ class BlockCache:
         """Evict least recently used blocks until at most `target` bytes are held."""
         while self.lru.currsize > target and len(self.lru):
             self.lru.popitem()
+
+
+class Run:
+    """Blocks [first, stop) of one object version, fetched in order by one streamed request.
+
+    Each block is served as soon as its bytes are on disk; blocks the stream never delivered
+    are released for their readers to fetch.
+    """
+
+    def __init__(self, cache: BlockCache, digest: str, object_size: int, first: int, stop: int,
+                 ahead: int) -> None:
+        self.cache = cache
+        self.digest = digest
+        self.object_size = object_size
+        self.first = first
+        self.stop = stop
+        self.ahead = ahead
+        self.events: dict[int, _Pending] = {}
+        self.claimed = first  # blocks [first, claimed) were taken for this run
+        self.delivered = 0
+
+    def claim(self, upto: int) -> None:
+        cache = self.cache
+        while self.claimed < min(upto, self.stop):
+            block = (self.digest, self.claimed)
+            if block in cache.lru or block in cache._inflight:
+                self.stop = self.claimed  # someone else has it: the run ends before it
+                break
+            self.events[self.claimed] = cache._inflight[block] = _Pending()
+            self.claimed += 1
+
+    def _release(self, index: int, error: FsError | None = None) -> None:
+        del self.cache._inflight[(self.digest, index)]
+        pending = self.events.pop(index)
+        pending.error = error
+        pending.done.set()
+
+    def abandon(self, error: FsError | None = None) -> None:
+        """Release the blocks not delivered: their readers fetch them, or get `error`."""
+        for index in list(self.events):
+            self._release(index, error)
+
+    def _deliver(self, offset: int, data: bytes) -> None:
+        """Store one block; called in the stream's worker thread."""
+        cache = self.cache
+        index = offset // cache.block_size
+        if index >= self.stop:
+            raise _RunEnds
+        expected = cache.expected_length(self.object_size, index)
+        if offset % cache.block_size or len(data) != expected or index not in self.events:
+            raise Stale(f"block {index}: got {len(data)} bytes at {offset}, "
+                        f"expected {expected}")
+        cache._write_file((self.digest, index), data)
+        trio.from_thread.run_sync(self._stored, index, expected)
+
+    def _stored(self, index: int, length: int) -> None:
+        self.cache.lru[(self.digest, index)] = length
+        self.delivered += 1
+        self._release(index)
+        self.claim(index + 2 + self.ahead)
+
+    async def fetch(self, stream: Callable[[int, int, Callable[[int, bytes], None]],
+                                           Awaitable[None]]) -> int:
+        """Stream the run; returns how many blocks came.
+
+        `stream(begin, end, deliver)` calls `deliver(offset, data)` in a worker thread with
+        the object's bytes [begin, end) for this ETag, one block at a time, in order.
+        """
+        size = self.cache.block_size
+        try:
+            await stream(self.first * size, min(self.object_size, self.stop * size),
+                         self._deliver)
+        except _RunEnds:
+            pass
+        except FsError as exc:
+            if not self.delivered:  # the request itself failed: its readers are told so
+                self.abandon(exc)
+            raise
+        finally:
+            self.abandon()
+        return self.delivered

@@ -3,9 +3,9 @@
 `FileData` owns each inode's staged file and the per-inode lock that serialises every change of
 it (write, truncate, commit), so a commit never uploads a file that is being written.  Reads of a
 clean file go through the block cache, pinned to the ETag seen at open (`If-Match`, so bytes of two
-versions are never mixed); a sequential reader gets a read-ahead window of blocks fetched in the
-background, a random reader fetches just the bytes it asked for.  Reads of a staged file take
-written bytes from the staging file and fetch the rest of the base object into it.
+versions are never mixed); a sequential reader's blocks come from one streamed GET that stays a
+growing window ahead of it, a random reader fetches just the bytes it asked for.  Reads of a
+staged file take written bytes from the staging file and fetch the rest of the base object into it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import trio
 
-from s3mount.blockcache import BlockCache
+from s3mount.blockcache import BlockCache, Run
 from s3mount.blocking import Background, Limiters, run_blocking
 from s3mount.errors import FsError, NoSpace, NotFound, Stale
 from s3mount.handles import FileHandle
@@ -32,6 +32,9 @@ from s3mount.uploader import Uploader
 log = logging.getLogger(__name__)
 
 FETCH_CHUNK = 8 * 1024 * 1024
+RUN_BLOCKS = 128  # blocks a streamed run asks for (1 GiB of 8 MiB blocks)
+RUN_PAUSE = 10.0  # seconds a streamed run waits for a reader that stopped reading
+RUN_STREAMS = 2  # streamed runs per handle at once: the next starts before the last ends
 RETRY_FIRST = 2.0  # seconds before a failed commit is tried again in the background
 RETRY_MAX = 60.0
 SPACE_CHECK_EVERY = 32 * 1024 * 1024  # bytes written between looks at the disk's free space
@@ -40,6 +43,10 @@ MIN_FREE = 256 * 1024 * 1024  # staging never takes the cache disk below this
 
 class KeyGone(Stale):
     """The object an open handle reads was deleted (ESTALE unless it moved here)."""
+
+
+class RunStopped(Exception):
+    """A streamed read-ahead run ends early: its reader went elsewhere."""
 
 
 class FileData:
@@ -54,11 +61,13 @@ class FileData:
         self.staging_dir = staging_dir
         self.cache = cache
         self.background = background
-        self.max_window = max(1, max_readahead // cache.block_size)
+        # Read ahead at most half the cache: blocks fetched ahead must outlive their reading.
+        self.max_window = max(1, min(max_readahead, cache.capacity // 2) // cache.block_size)
         self._locks: dict[int, trio.Lock] = {}
         self._retrying: set[int] = set()
         self.conditional = conditional  # If-Match / If-None-Match on commits
         self._since_space_check = SPACE_CHECK_EVERY
+        self._moved = trio.Event()  # set (and replaced) by every read
 
     async def _ensure_space(self, incoming: int) -> None:
         """Refuse a write with ENOSPC, never fill the disk: clean blocks go first."""
@@ -205,14 +214,25 @@ class FileData:
             except NotFound:
                 raise KeyGone(f"{key} was deleted from the bucket while open") from None
 
-        sequential = handle.note_read(offset, size, self.max_window)
+        async def stream(begin: int, end: int, deliver) -> None:  # type: ignore[no-untyped-def]
+            run = range(begin // cache.block_size, -(-end // cache.block_size))
+
+            async def pace(offset: int) -> None:
+                await self._pace(handle, key, etag, offset, run)
+
+            try:
+                await self.store.get_stream(key, begin, end, etag, cache.block_size, deliver,
+                                            pace)
+            except NotFound:
+                raise KeyGone(f"{key} was deleted from the bucket while open") from None
+
+        sequential = handle.note_read(offset, size, self.max_window, cache.block_size)
+        self._moved.set()  # paced read-ahead runs look again
+        self._moved = trio.Event()
         blocks = range(first, last + 1)
         if not sequential and not all(cache.has(key, etag, i) for i in blocks):
             return await fetch(offset, offset + size)  # random: never pull whole blocks
-        last_block = (object_size - 1) // cache.block_size
-        for ahead in range(last + 1, min(last + handle.window, last_block) + 1):
-            if not cache.busy(key, etag, ahead):
-                self.background.start(self._prefetch, key, etag, object_size, ahead, fetch)
+        self._read_ahead(handle, key, etag, object_size, first, last, stream)
         parts = []
         for index in blocks:
             base = index * cache.block_size
@@ -222,11 +242,60 @@ class FileData:
                                           fetch))
         return b"".join(parts)
 
-    async def _prefetch(self, key: str, etag: str, size: int, index: int, fetch) -> None:  # type: ignore[no-untyped-def]
+    def _read_ahead(self, handle: FileHandle, key: str, etag: str, object_size: int,
+                    first: int, last: int, stream) -> None:  # type: ignore[no-untyped-def]
+        """Keep a sequential reader's blocks coming, from its own block `first` on.
+
+        One GET streams a run of up to RUN_BLOCKS blocks in order, paced so it stays within
+        the handle's window ahead of the reader (twice what the reader has read in order so
+        far, up to --max-readahead): a reader that stops costs little more than its window.  The
+        next run starts when the reader comes within a window of the end of the current one,
+        so its first byte is not waited for.  A long sequential read thus costs a few
+        requests, not one per block: every request has a price, in latency and money, and
+        some servers (moto among them) spend as much on a ranged GET as on the whole object.
+        """
+        cache = self.cache
+        reach = min(last + handle.window, (object_size - 1) // cache.block_size)
+        start = max(handle.run_end, first)
+        while start <= reach and cache.busy(key, etag, start):
+            start += 1
+        if start > reach or handle.streams >= RUN_STREAMS:
+            return
+        run = cache.start_run(key, etag, object_size, start, RUN_BLOCKS, self.max_window)
+        if run is None:
+            return
+        handle.run_end = run.stop
+        if self.background.start(self._prefetch_run, handle, key, run, stream, run.stop):
+            handle.streams += 1
+        else:
+            run.abandon()
+
+    async def _pace(self, handle: FileHandle, key: str, etag: str, offset: int,
+                    run: range) -> None:
+        """Hold a streamed block until its reader is within its window of it, or another
+        reader waits for the run; end the run when the reader jumps away, closes, or stops
+        reading for RUN_PAUSE seconds."""
+        size = self.cache.block_size
+        deadline = trio.current_time() + RUN_PAUSE
+        rest = range(offset // size, run.stop)
+        while not self.cache.wanted(key, etag, rest):
+            if handle.closed or handle.window == 0 or trio.current_time() >= deadline:
+                raise RunStopped(f"the reader left at {handle.next_offset}")
+            if offset < handle.next_offset + handle.window * size:
+                return
+            with trio.move_on_at(deadline):
+                await self._moved.wait()
+
+    async def _prefetch_run(self, handle: FileHandle, key: str, run: Run, stream,  # type: ignore[no-untyped-def]
+                            planned: int) -> None:
         try:
-            await self.cache.prefetch(key, etag, size, index, fetch)
-        except FsError as exc:  # the reader will fetch it again, and see the error itself
-            log.debug("read-ahead of %s block %d failed: %s", key, index, exc)
+            await run.fetch(stream)
+        except (FsError, OSError, RunStopped) as exc:  # the rest is left to its readers
+            log.debug("read-ahead of %s from block %d ended: %s", key, run.first, exc)
+        finally:
+            handle.streams -= 1
+            if handle.run_end == planned:  # the latest run: the next one starts where it got
+                handle.run_end = run.first + run.delivered
 
     # -- committing ----------------------------------------------------------------------------
 

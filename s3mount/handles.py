@@ -28,18 +28,28 @@ class FileHandle:
     size: int = 0
     next_offset: int = 0  # where the last read ended
     window: int = 0  # read-ahead window, in blocks; 0 while reads are random
+    run_from: int = 0  # where the current sequential run of reads began
+    run_end: int = 0  # the block after the last one a streamed run was asked for
+    streams: int = 0  # streamed read-ahead runs going on for this handle
+    closed: bool = False
 
-    def note_read(self, offset: int, size: int, max_window: int) -> bool:
-        """Record a read; whether it continues a sequential run (the window then grows)."""
+    def note_read(self, offset: int, size: int, max_window: int, block_size: int) -> bool:
+        """Record a read; whether it continues a sequential run.  The window then covers
+        twice what the run has read so far, in blocks (at least one, at most `max_window`), so
+        a reader that stops early leaves little fetched for nothing."""
         sequential = (offset == 0 or
                       self.next_offset - SEQUENTIAL_SLACK <= offset <= self.next_offset
                       + SEQUENTIAL_SLACK)
-        if sequential:
-            self.window = min(max(1, self.window * 2), max_window)
-        else:
-            self.window = 0
-        self.next_offset = max(self.next_offset, offset + size) if sequential else offset + size
-        return sequential
+        if not sequential:
+            self.window = self.run_end = 0
+            self.next_offset = offset + size
+            return False
+        if self.window == 0:
+            self.run_from = offset
+        self.next_offset = max(self.next_offset, offset + size)
+        read = self.next_offset - self.run_from
+        self.window = min(max(1, 2 * read // block_size), max_window)
+        return True
 
 
 @dataclass
@@ -83,7 +93,9 @@ class HandleTable:
         return handle
 
     def close(self, fh: int) -> None:
-        self._handles.pop(fh, None)
+        handle = self._handles.pop(fh, None)
+        if isinstance(handle, FileHandle):
+            handle.closed = True  # its read-ahead stops
 
     def files_of(self, ino: int) -> list[FileHandle]:
         return [h for h in self._handles.values() if isinstance(h, FileHandle) and h.ino == ino]

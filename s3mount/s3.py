@@ -18,11 +18,12 @@ import logging
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import boto3
 import botocore.handlers
+import trio
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import (
@@ -253,6 +254,46 @@ class S3Store:
         data: bytes = await self._call(f"GET {key}", fetch)
         self.stats.bytes_in += len(data)
         return data
+
+    async def get_stream(self, key: str, start: int, end: int, etag: str | None, chunk: int,
+                         deliver: Callable[[int, bytes], None],
+                         pace: Callable[[int], Awaitable[None]] | None = None) -> None:
+        """Bytes [start, end) of the object in one GET, in pieces of `chunk` bytes (the last
+        may be shorter) as they arrive.
+
+        One worker thread and one pooled connection serve the whole range, and `deliver(offset,
+        data)` is called in that thread, so it may write to disk without another hand-over.
+        `pace(offset)`, when given, is awaited on the trio thread before each piece is read
+        from the connection: it may hold the stream (the server then waits too) or end it by
+        raising.  `Stale` when the object no longer has `etag`; an error raised by `deliver`
+        or `pace` ends the stream and propagates.
+        """
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key),
+                                  "Range": f"bytes={start}-{end - 1}"}
+        if etag:
+            kwargs["IfMatch"] = f'"{etag}"'
+        received = 0
+
+        def stream() -> None:
+            nonlocal received
+            resp = self.client.get_object(**kwargs)
+            with resp["Body"] as body:
+                offset = start
+                while offset < end:
+                    if pace is not None:
+                        trio.from_thread.run(pace, offset)
+                    data = body.read(min(chunk, end - offset))
+                    if not data:
+                        raise errors.RemoteIO(f"GET {key}: the response ended at {offset}, "
+                                              f"short of {end}")
+                    received += len(data)
+                    deliver(offset, data)
+                    offset += len(data)
+
+        try:
+            await self._call(f"GET {key}", stream)
+        finally:
+            self.stats.bytes_in += received
 
     async def put(self, key: str, body: bytes, metadata: dict[str, str],
                   content_type: str | None = None) -> str:
