@@ -14,6 +14,8 @@ WARNING).
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import logging
 import time
 import warnings
@@ -23,6 +25,8 @@ from typing import Any
 
 import boto3
 import botocore.handlers
+import botocore.session
+import botocore.utils
 import trio
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
@@ -103,8 +107,12 @@ def build_client(config: MountConfig) -> Any:
     if config.keys is not None:
         keys = {"aws_access_key_id": config.keys.access_key,
                 "aws_secret_access_key": config.keys.secret_key}
+    core = botocore.session.get_session()
+    core.get_component("response_parser_factory").set_parser_defaults(
+        timestamp_parser=parse_timestamp)
     try:
-        session = boto3.session.Session(profile_name=config.profile, **keys)
+        session = boto3.session.Session(botocore_session=core, profile_name=config.profile,
+                                        **keys)
     except ProfileNotFound as exc:
         raise errors.ConfigError(f"profile not found: {exc}") from None
     verify: bool | str = config.verify_ssl
@@ -136,6 +144,20 @@ def build_client(config: MountConfig) -> Any:
     # "Expect: 100-continue" costs every upload a second round trip; S3 does not need it.
     client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
     return client
+
+
+def parse_timestamp(value: str) -> datetime.datetime:
+    """A response's timestamp, parsed without dateutil for the two forms S3 sends: ISO 8601 in
+    listings, where botocore's own parser spends ~80 us an entry (a tenth of a daemon's CPU
+    while files are created in a directory it lists), and RFC 1123 in headers."""
+    try:
+        when = datetime.datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return botocore.utils.parse_timestamp(value)
+    return when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
 
 
 def _condition(expect: str | None) -> dict[str, str]:

@@ -804,3 +804,20 @@ def test_malloc_returns_big_buffers_on_glibc():
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
     assert heap.return_big_buffers()
+
+
+@pytest.mark.parametrize("value", [
+    "2026-11-25T17:55:22.000Z",  # a listing's LastModified
+    "2026-11-25T17:55:22Z",
+    "2026-11-25T17:55:22.123456+02:00",
+    "2026-11-25T17:55:22",  # no zone: UTC, as botocore reads it
+    "Wed, 25 Nov 2026 17:55:22 GMT",  # a Last-Modified header
+    "1700000000",  # epoch seconds
+])
+def test_fast_timestamps_equal_botocores(value):
+    import botocore.utils
+
+    from s3mount.s3 import parse_timestamp
+
+    assert parse_timestamp(value).timestamp() == botocore.utils.parse_timestamp(value).timestamp()
+    assert parse_timestamp(value).tzinfo is not None
