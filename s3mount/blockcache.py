@@ -18,6 +18,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,6 +226,10 @@ class Run:
         self.events: dict[int, _Pending] = {}
         self.claimed = first  # blocks [first, claimed) were taken for this run
         self.delivered = 0
+        self.over = False
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._writer: ThreadPoolExecutor | None = None  # writes a block while the next comes
+        self._writing: Future[None] | None = None
 
     def claim(self, upto: int) -> None:
         cache = self.cache
@@ -257,11 +262,32 @@ class Run:
         if offset % cache.block_size or len(data) != expected or index not in self.events:
             raise Stale(f"block {index}: got {len(data)} bytes at {offset}, "
                         f"expected {expected}")
-        cache._write_file((self.digest, index), data)
-        trio.from_thread.run_sync(self._stored, index, expected)
+        self._wait_for_writer()  # one block on its way to disk at a time: memory stays low
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="s3mount-run")
+        self._writing = self._writer.submit(self._write, index, data, expected)
+
+    def _write(self, index: int, data: bytes, length: int) -> None:
+        """In the run's writer thread, while the stream's thread reads the next block."""
+        self.cache._write_file((self.digest, index), data)
+        trio.from_thread.run_sync(self._stored, index, length, trio_token=self._token)
+
+    def _wait_for_writer(self, shut: bool = False) -> None:
+        """Wait for the block being written (its error is raised here); `shut` ends the
+        writer thread."""
+        try:
+            if self._writing is not None:
+                writing, self._writing = self._writing, None
+                writing.result()
+        finally:
+            if shut and self._writer is not None:
+                self._writer.shutdown()
+                self._writer = None
 
     def _stored(self, index: int, length: int) -> None:
         self.cache.lru[(self.digest, index)] = length
+        if self.over:  # a write that outlived its run (cancelled): the block is whole, kept
+            return
         self.delivered += 1
         self._release(index)
         self.claim(index + 2 + self.ahead)
@@ -274,9 +300,13 @@ class Run:
         the object's bytes [begin, end) for this ETag, one block at a time, in order.
         """
         size = self.cache.block_size
+        self._token = trio.lowlevel.current_trio_token()
         try:
-            await stream(self.first * size, min(self.object_size, self.stop * size),
-                         self._deliver)
+            try:
+                await stream(self.first * size, min(self.object_size, self.stop * size),
+                             self._deliver)
+            finally:
+                await trio.to_thread.run_sync(self._wait_for_writer, True)
         except _RunEnds:
             pass
         except FsError as exc:
@@ -284,5 +314,6 @@ class Run:
                 self.abandon(exc)
             raise
         finally:
+            self.over = True
             self.abandon()
         return self.delivered
