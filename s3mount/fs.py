@@ -17,6 +17,7 @@ import time
 import trio
 
 from s3mount import errors
+from s3mount.attrs import Metadata
 from s3mount.config import MountConfig
 from s3mount.files import FileData
 from s3mount.handles import FileHandle, HandleTable
@@ -26,11 +27,9 @@ from s3mount.namespace import Namespace
 from s3mount.store import (
     DIRECTORY_CONTENT_TYPE,
     EXPECT_ABSENT,
-    USER_METADATA_LIMIT,
     ObjectStore,
     PosixAttrs,
     encode_attrs,
-    metadata_size,
 )
 from s3mount.uploader import unwrap_group
 
@@ -48,6 +47,7 @@ class Filesystem:
         self.ns = namespace
         self.files = files
         self.handles = handles
+        self.meta = Metadata(store, table, namespace, files)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -202,9 +202,7 @@ class Filesystem:
                       uid: int | None = None, gid: int | None = None,
                       mtime_ns: int | None = None, fh: int | None = None) -> Inode:
         self.writable()
-        inode = self.inode(ino)
-        if not inode.meta_known and inode.staged is None and not inode.local_only:
-            await self.ns.revalidate(inode)  # keep the owner and times we have not seen yet
+        inode = await self.meta.known(self.inode(ino))  # keep the owner, times not seen yet
         if size is not None:
             if inode.is_dir:
                 raise errors.IsADirectory(inode.name)
@@ -226,86 +224,25 @@ class Filesystem:
             await self.files.commit(inode)  # truncate(2) by path: no close(2) will commit it
             if not inode.opens:
                 await self.files.drop_clean(inode)
-        elif meta_changed and not self._metadata_rides_with_data(inode):
-            await self._store_metadata(inode)
         elif meta_changed:
-            await self.files.journal(inode)
+            await self.meta.changed(inode)
         return inode
-
-    def _metadata_rides_with_data(self, inode: Inode) -> bool:
-        """Whether changed attributes will go up with the next commit of the data anyway."""
-        return inode.unlinked or inode.local_only or inode.dirty
-
-    async def _store_metadata(self, inode: Inode) -> None:
-        """Persist changed attributes: a copy of the object onto itself, never a download."""
-        meta = self.files.metadata(inode)
-        if inode.ino == ROOT_INODE:
-            return
-        key = self.table.key(inode)
-        if inode.is_dir:
-            await self.store.put(key + "/", b"", meta, DIRECTORY_CONTENT_TYPE)
-            inode.has_marker = True
-        elif inode.etag is not None:
-            inode.etag = await self.store.copy(key, key, inode.size, meta)
-            if inode.staged is not None:  # open and clean: its base is the new version
-                inode.staged.base_etag = inode.staged.expect = inode.etag
-        inode.fetched_at = time.monotonic()
-        inode.meta_known = True
 
     # -- extended attributes -------------------------------------------------------------------
 
-    async def _with_metadata(self, ino: int) -> Inode:
-        """The inode, its user metadata (and so its xattrs) read from the bucket if unknown."""
-        inode = self.inode(ino)
-        if not inode.meta_known and inode.staged is None and not inode.local_only:
-            await self.ns.revalidate(inode)
-        return inode
-
     async def getxattr(self, ino: int, name: bytes) -> bytes:
-        inode = await self._with_metadata(ino)
-        value = inode.xattrs.get(name.decode("utf-8", "surrogateescape"))
-        if value is None:
-            raise errors.NoAttribute(name.decode("utf-8", "replace"))
-        return value
+        return await self.meta.getxattr(self.inode(ino), name)
 
     async def listxattr(self, ino: int) -> list[bytes]:
-        inode = await self._with_metadata(ino)
-        return [n.encode("utf-8", "surrogateescape") for n in sorted(inode.xattrs)]
+        return await self.meta.listxattr(self.inode(ino))
 
     async def setxattr(self, ino: int, raw: bytes, value: bytes) -> None:
         self.writable()
-        name = raw.decode("utf-8", "surrogateescape")
-        if not name.startswith("user."):
-            raise errors.NotSupported(f"only user.* attributes can be stored in S3, not {name}")
-        if len(raw) > 255:
-            raise errors.OutOfRange("an attribute name is at most 255 bytes")
-        inode = await self._with_metadata(ino)
-        before = dict(inode.xattrs)
-        inode.xattrs[name] = bytes(value)
-        if metadata_size(self.files.metadata(inode)) > USER_METADATA_LIMIT:
-            inode.xattrs = before
-            raise errors.TooBig("the attributes would exceed S3's 2 KiB of user metadata")
-        await self._persist_xattrs(inode, before)
+        await self.meta.setxattr(self.inode(ino), raw, value)
 
     async def removexattr(self, ino: int, raw: bytes) -> None:
         self.writable()
-        inode = await self._with_metadata(ino)
-        name = raw.decode("utf-8", "surrogateescape")
-        if name not in inode.xattrs:
-            raise errors.NoAttribute(name)
-        before = dict(inode.xattrs)
-        del inode.xattrs[name]
-        await self._persist_xattrs(inode, before)
-
-    async def _persist_xattrs(self, inode: Inode, before: dict[str, bytes]) -> None:
-        if self._metadata_rides_with_data(inode):
-            await self.files.journal(inode)
-            return
-        try:
-            await self._store_metadata(inode)
-        except BaseException:
-            inode.xattrs = before
-            raise
+        await self.meta.removexattr(self.inode(ino), raw)
 
     def statfs(self) -> dict[str, int]:
         blocks = 1 << 40

@@ -1,0 +1,104 @@
+"""Attributes that ride on objects as user metadata: modes, owners, times and `user.*` xattrs.
+
+A change goes up with the next commit of the file's data when one is due anyway (a dirty, new or
+unlinked file: the crash journal keeps it meanwhile); otherwise it is a copy of the object onto
+itself with the new metadata, never a download, or a new marker object for a directory.
+Extended attributes are stored as s3fs-fuse stores them (see `store.encode_xattrs`), within
+S3's 2 KiB of user metadata.
+"""
+
+from __future__ import annotations
+
+import time
+
+from s3mount import errors
+from s3mount.files import FileData
+from s3mount.inodes import ROOT_INODE, Inode, InodeTable
+from s3mount.namespace import Namespace
+from s3mount.store import DIRECTORY_CONTENT_TYPE, USER_METADATA_LIMIT, ObjectStore, metadata_size
+
+
+class Metadata:
+    def __init__(self, store: ObjectStore, table: InodeTable, namespace: Namespace,
+                 files: FileData) -> None:
+        self.store = store
+        self.table = table
+        self.ns = namespace
+        self.files = files
+
+    async def known(self, inode: Inode) -> Inode:
+        """The inode, its user metadata (owner, times, xattrs) read from the bucket if unknown."""
+        if not inode.meta_known and inode.staged is None and not inode.local_only:
+            await self.ns.revalidate(inode)
+        return inode
+
+    @staticmethod
+    def rides_with_data(inode: Inode) -> bool:
+        """Whether changed attributes will go up with the next commit of the data anyway."""
+        return inode.unlinked or inode.local_only or inode.dirty
+
+    async def changed(self, inode: Inode) -> None:
+        """Persist the inode's changed attributes, now or with its data."""
+        if self.rides_with_data(inode):
+            await self.files.journal(inode)
+        else:
+            await self.store_now(inode)
+
+    async def store_now(self, inode: Inode) -> None:
+        """A copy of the object onto itself with the new metadata; never a download."""
+        meta = self.files.metadata(inode)
+        if inode.ino == ROOT_INODE:
+            return
+        key = self.table.key(inode)
+        if inode.is_dir:
+            await self.store.put(key + "/", b"", meta, DIRECTORY_CONTENT_TYPE)
+            inode.has_marker = True
+        elif inode.etag is not None:
+            inode.etag = await self.store.copy(key, key, inode.size, meta)
+            if inode.staged is not None:  # open and clean: its base is the new version
+                inode.staged.base_etag = inode.staged.expect = inode.etag
+        inode.fetched_at = time.monotonic()
+        inode.meta_known = True
+
+    # -- extended attributes -------------------------------------------------------------------
+
+    async def getxattr(self, inode: Inode, name: bytes) -> bytes:
+        await self.known(inode)
+        value = inode.xattrs.get(name.decode("utf-8", "surrogateescape"))
+        if value is None:
+            raise errors.NoAttribute(name.decode("utf-8", "replace"))
+        return value
+
+    async def listxattr(self, inode: Inode) -> list[bytes]:
+        await self.known(inode)
+        return [n.encode("utf-8", "surrogateescape") for n in sorted(inode.xattrs)]
+
+    async def setxattr(self, inode: Inode, raw: bytes, value: bytes) -> None:
+        name = raw.decode("utf-8", "surrogateescape")
+        if not name.startswith("user."):
+            raise errors.NotSupported(f"only user.* attributes can be stored in S3, not {name}")
+        if len(raw) > 255:
+            raise errors.OutOfRange("an attribute name is at most 255 bytes")
+        await self.known(inode)
+        before = dict(inode.xattrs)
+        inode.xattrs[name] = bytes(value)
+        if metadata_size(self.files.metadata(inode)) > USER_METADATA_LIMIT:
+            inode.xattrs = before
+            raise errors.TooBig("the attributes would exceed S3's 2 KiB of user metadata")
+        await self._persist_xattrs(inode, before)
+
+    async def removexattr(self, inode: Inode, raw: bytes) -> None:
+        await self.known(inode)
+        name = raw.decode("utf-8", "surrogateescape")
+        if name not in inode.xattrs:
+            raise errors.NoAttribute(name)
+        before = dict(inode.xattrs)
+        del inode.xattrs[name]
+        await self._persist_xattrs(inode, before)
+
+    async def _persist_xattrs(self, inode: Inode, before: dict[str, bytes]) -> None:
+        try:
+            await self.changed(inode)
+        except BaseException:
+            inode.xattrs = before
+            raise
