@@ -5,14 +5,16 @@ mixed.  The cache is a byte-weighted LRU (cachetools) bounded by the cache budge
 deletes its file.  Each block is fetched once however many readers wait for it (single flight);
 fills are written to a temporary name and renamed, so a block file under its final name is whole.
 At start-up the files left by an earlier mount are taken back in (temporaries, and files whose
-length is wrong for their block, are dropped, never served).
+length is wrong for their block, are dropped, never served).  A `Run` fills consecutive blocks
+from one streamed request, holding in flight only the blocks near its position.
 
-`get` and `read` await the disk through `run_blocking`; the LRU and in-flight tables are changed
-only between awaits, so each change is atomic under trio.
+`read` awaits the disk through `run_blocking`; the LRU and in-flight tables are changed only on
+the trio thread, between awaits, so each change is atomic under trio.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -61,6 +63,7 @@ class _FileLRU(cachetools.LRUCache):
         return block, size
 
 
+@functools.lru_cache(maxsize=1024)  # every read asks for it, often several times
 def block_digest(key: str, etag: str) -> str:
     return hashlib.sha256(f"{key}\0{etag}".encode("utf-8", "surrogatepass")).hexdigest()[:40]
 
@@ -306,7 +309,7 @@ class Run:
                 await stream(self.first * size, min(self.object_size, self.stop * size),
                              self._deliver)
             finally:
-                await trio.to_thread.run_sync(self._wait_for_writer, True)
+                await run_blocking(self.cache.limiter, self._wait_for_writer, True)
         except _RunEnds:
             pass
         except FsError as exc:

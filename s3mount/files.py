@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import trio
@@ -45,6 +47,14 @@ class KeyGone(Stale):
     """The object an open handle reads was deleted (ESTALE unless it moved here)."""
 
 
+@contextmanager
+def _gone_means_stale(key: str) -> Iterator[None]:
+    try:
+        yield
+    except NotFound:
+        raise KeyGone(f"{key} was deleted from the bucket while open") from None
+
+
 class RunStopped(Exception):
     """A streamed read-ahead run ends early: its reader went elsewhere."""
 
@@ -67,7 +77,8 @@ class FileData:
         self._retrying: set[int] = set()
         self.conditional = conditional  # If-Match / If-None-Match on commits
         self._since_space_check = SPACE_CHECK_EVERY
-        self._moved = trio.Event()  # set (and replaced) by every read
+        self._moved = trio.Event()  # set (and replaced) by a read while runs wait for one
+        self._pacing = 0  # runs waiting for their reader
 
     async def _ensure_space(self, incoming: int) -> None:
         """Refuse a write with ENOSPC, never fill the disk: clean blocks go first."""
@@ -209,10 +220,8 @@ class FileData:
         first, last = offset // cache.block_size, (offset + size - 1) // cache.block_size
 
         async def fetch(begin: int, end: int) -> bytes:
-            try:
+            with _gone_means_stale(key):
                 return await self.store.get_range(key, begin, end, etag)
-            except NotFound:
-                raise KeyGone(f"{key} was deleted from the bucket while open") from None
 
         async def stream(begin: int, end: int, deliver) -> None:  # type: ignore[no-untyped-def]
             run = range(begin // cache.block_size, -(-end // cache.block_size))
@@ -220,15 +229,14 @@ class FileData:
             async def pace(offset: int) -> None:
                 await self._pace(handle, key, etag, offset, run)
 
-            try:
+            with _gone_means_stale(key):
                 await self.store.get_stream(key, begin, end, etag, cache.block_size, deliver,
                                             pace)
-            except NotFound:
-                raise KeyGone(f"{key} was deleted from the bucket while open") from None
 
         sequential = handle.note_read(offset, size, self.max_window, cache.block_size)
-        self._moved.set()  # paced read-ahead runs look again
-        self._moved = trio.Event()
+        if self._pacing:  # paced read-ahead runs look again
+            self._moved.set()
+            self._moved = trio.Event()
         blocks = range(first, last + 1)
         if not sequential and not all(cache.has(key, etag, i) for i in blocks):
             return await fetch(offset, offset + size)  # random: never pull whole blocks
@@ -283,8 +291,12 @@ class FileData:
                 raise RunStopped(f"the reader left at {handle.next_offset}")
             if offset < handle.next_offset + handle.window * size:
                 return
-            with trio.move_on_at(deadline):
-                await self._moved.wait()
+            self._pacing += 1
+            try:
+                with trio.move_on_at(deadline):
+                    await self._moved.wait()
+            finally:
+                self._pacing -= 1
 
     async def _prefetch_run(self, handle: FileHandle, key: str, run: Run, stream,  # type: ignore[no-untyped-def]
                             planned: int) -> None:
