@@ -33,6 +33,7 @@ from s3mount.errors import FsError, Stale
 log = logging.getLogger(__name__)
 
 BlockId = tuple[str, int]  # (digest of key and etag, block index)
+MIN_CLEAN_BLOCKS = 4  # clean blocks kept however much of the budget staged data takes
 
 
 @dataclass
@@ -76,6 +77,7 @@ class BlockCache:
         self.limiter = limiter
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.lru = _FileLRU(max(capacity, block_size), directory)
+        self.reserved = 0  # bytes of the budget staged data holds (see budget.py)
         self._inflight: dict[BlockId, _Pending] = {}
         self._wanted: Counter[BlockId] = Counter()  # readers waiting for blocks in flight
         self.hits = 0
@@ -160,7 +162,7 @@ class BlockCache:
             if len(data) != expected:
                 raise Stale(f"block {index}: got {len(data)} bytes, expected {expected}")
             await run_blocking(self.limiter, self._write_file, block, data)
-            self.lru[block] = expected
+            self._admit(block, expected)
             return data
         finally:
             del self._inflight[block]
@@ -204,6 +206,20 @@ class BlockCache:
 
     def used_bytes(self) -> int:
         return int(self.lru.currsize)
+
+    def reserve(self, staged: int) -> None:
+        """Leave `staged` bytes of the budget to staged data: clean blocks give way, down to
+        MIN_CLEAN_BLOCKS (a block just fetched must outlive its reading)."""
+        self.reserved = staged
+        self._trim()
+
+    def _trim(self) -> None:
+        self.shrink(max(self.capacity - self.reserved, MIN_CLEAN_BLOCKS * self.block_size))
+
+    def _admit(self, block: BlockId, length: int) -> None:
+        self.lru[block] = length
+        if self.reserved:
+            self._trim()
 
     def shrink(self, target: int) -> None:
         """Evict least recently used blocks until at most `target` bytes are held."""
@@ -288,7 +304,7 @@ class Run:
                 self._writer = None
 
     def _stored(self, index: int, length: int) -> None:
-        self.cache.lru[(self.digest, index)] = length
+        self.cache._admit((self.digest, index), length)
         if self.over:  # a write that outlived its run (cancelled): the block is whole, kept
             return
         self.delivered += 1

@@ -79,6 +79,7 @@ def positive(kind: type, *, nonzero: bool = False, limit: float | None = None) -
 
 
 MAX_ID = 4294967294  # (uid_t)-1 means "no change" to the kernel
+MIN_CACHE = 64 * 1024 * 1024  # a file's last part (8 MiB and up) and read-ahead blocks
 
 
 def size_arg(text: str) -> int:
@@ -136,8 +137,9 @@ def build_parser() -> Parser:
     p.add_argument("--max-concurrency", type=positive(int), default=10,
                    help="parallel requests to S3")
     p.add_argument("--cache-size", type=size_arg, default=None,
-                   help="bytes of clean blocks kept on disk, e.g. 2G (default: the smaller of "
-                   "10G and a quarter of the free space)")
+                   help="bytes the cache may hold on disk, clean blocks and staged writes "
+                   "together, e.g. 2G (default: the smaller of 10G and a quarter of the free "
+                   "space)")
     p.add_argument("--max-readahead", type=size_arg, default=64 * 1024 * 1024,
                    help="largest read-ahead window of a sequential reader, e.g. 64M")
     p.add_argument("--kernel-readahead", type=size_arg, default=4 * 1024 * 1024,
@@ -380,6 +382,9 @@ def make_config(argv: list[str]) -> MountConfig:
         raise ConfigError(f"{args.mountpoint} is already a mount point")
     if args.max_concurrency < 1:
         raise ConfigError("--max-concurrency must be at least 1", status=2)
+    if args.cache_size is not None and args.cache_size < MIN_CACHE:
+        raise ConfigError(f"--cache-size must be at least {MIN_CACHE >> 20}M: it holds the last "
+                          "part of each file being written, and the blocks being read", status=2)
     if args.ca_bundle and args.no_verify_ssl:
         raise ConfigError("--ca-bundle and --no-verify-ssl contradict each other", status=2)
     ca_bundle = os.path.abspath(args.ca_bundle) if args.ca_bundle else None

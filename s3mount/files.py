@@ -11,7 +11,6 @@ staged file take written bytes from the staging file and fetch the rest of the b
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ import trio
 
 from s3mount.blockcache import BlockCache, Run
 from s3mount.blocking import Background, Limiters, run_blocking
+from s3mount.budget import SpaceGuard
 from s3mount.errors import FsError, NoSpace, NotFound, Stale
 from s3mount.handles import FileHandle
 from s3mount.inodes import Inode
@@ -39,8 +39,6 @@ RUN_PAUSE = 10.0  # seconds a streamed run waits for a reader that stopped readi
 RUN_STREAMS = 2  # streamed runs per handle at once: the next starts before the last ends
 RETRY_FIRST = 2.0  # seconds before a failed commit is tried again in the background
 RETRY_MAX = 60.0
-SPACE_CHECK_EVERY = 32 * 1024 * 1024  # bytes written between looks at the disk's free space
-MIN_FREE = 256 * 1024 * 1024  # staging never takes the cache disk below this
 
 
 class KeyGone(Stale):
@@ -76,27 +74,9 @@ class FileData:
         self._locks: dict[int, trio.Lock] = {}
         self._retrying: set[int] = set()
         self.conditional = conditional  # If-Match / If-None-Match on commits
-        self._since_space_check = SPACE_CHECK_EVERY
+        self.space = SpaceGuard(staging_dir, cache, limiters)
         self._moved = trio.Event()  # set (and replaced) by a read while runs wait for one
         self._pacing = 0  # runs waiting for their reader
-
-    async def _ensure_space(self, incoming: int) -> None:
-        """Refuse a write with ENOSPC, never fill the disk: clean blocks go first."""
-        self._since_space_check += incoming
-        if self._since_space_check < SPACE_CHECK_EVERY:
-            return
-        self._since_space_check = 0
-        st = await self._disk(os.statvfs, self.staging_dir)
-        free = st.f_bavail * st.f_frsize
-        if free - incoming >= MIN_FREE + SPACE_CHECK_EVERY:
-            return
-        want = MIN_FREE + SPACE_CHECK_EVERY + incoming - free
-        self.cache.shrink(max(0, self.cache.used_bytes() - want))
-        st = await self._disk(os.statvfs, self.staging_dir)
-        if st.f_bavail * st.f_frsize - incoming < MIN_FREE:
-            self._since_space_check = SPACE_CHECK_EVERY  # look again next time
-            raise NoSpace("the cache directory's disk is nearly full; close files so their "
-                          "data can be uploaded, or mount with a --cache-dir on a bigger disk")
 
     def lock(self, inode: Inode) -> trio.Lock:
         return self._locks.setdefault(inode.ino, trio.Lock())
@@ -114,6 +94,7 @@ class FileData:
             inode.staged = await self._disk(StagedFile, self.staging_dir, size, base,
                                             self.uploader.part_size)
             inode.staged.expect = inode.etag if inode.etag is not None else EXPECT_ABSENT
+            self.space.live[inode.ino] = inode
         return inode.staged
 
     async def journal(self, inode: Inode) -> None:
@@ -148,7 +129,7 @@ class FileData:
     async def write(self, inode: Inode, offset: int, data: bytes) -> int:
         async with self.lock(inode):
             staged = await self.stage(inode)
-            await self._ensure_space(len(data))
+            await self.space.admit(inode, len(data), self._spill)
             written = await self._disk(staged.write, offset, data)
             inode.size = staged.size
             inode.mtime_ns = inode.ctime_ns = staged.written_ns = time.time_ns()
@@ -187,13 +168,16 @@ class FileData:
     # -- reading -------------------------------------------------------------------------------
 
     async def read(self, inode: Inode, handle: FileHandle, offset: int, size: int) -> bytes:
-        if inode.staged is not None:
+        while inode.staged is not None:
             staged = inode.staged
             end = min(offset + size, staged.size)
             if staged.remote_gaps(offset, end):
                 async with self.lock(inode):
                     await self._fill_gaps(inode, staged, offset, end)
-            return await self._disk(staged.read, offset, size)
+            drops = staged.drops
+            data = await self._disk(staged.read, offset, size)
+            if staged.drops == drops:  # else the bytes were dropped under us: look again
+                return data
         return await self._read_remote(inode, handle, offset, size)
 
     async def _read_remote(self, inode: Inode, handle: FileHandle, offset: int,
@@ -320,30 +304,59 @@ class FileData:
     async def commit(self, inode: Inode) -> None:
         """Upload the inode's staged data if it is dirty or not in the bucket yet."""
         async with self.lock(inode):
-            staged = inode.staged
-            if inode.unlinked or staged is None or not (staged.dirty or inode.local_only):
-                return
-            key = self.namespace.key(inode)
-            expect = staged.expect if self.conditional else None
-            try:
-                if staged.upload is None and staged.size <= self.uploader.single_put_limit:
-                    await self._fill_gaps(inode, staged, 0, staged.size)
-                    etag = await self.uploader.upload(key, staged.path, staged.size,
-                                                      self.metadata(inode), expect)
-                else:
-                    etag = await self._commit_multipart(inode, staged, key, expect)
-            except Stale:
-                await self._keep_as_conflict(inode, staged, key)
-                raise
-            staged.expect = etag
-            staged.dirty = False
-            staged.base_etag, staged.base_valid = etag, staged.size
-            staged.versions.clear()
-            await self._disk(staged.forget_journal)
-            inode.etag, inode.size = etag, staged.size
-            inode.fetched_at = time.monotonic()
-            inode.meta_known = True
-            log.debug("committed %s (%d bytes)", key, staged.size)
+            await self._commit_locked(inode)
+
+    async def _commit_locked(self, inode: Inode) -> None:
+        staged = inode.staged
+        if inode.unlinked or staged is None or not (staged.dirty or inode.local_only):
+            return
+        key = self.namespace.key(inode)
+        expect = staged.expect if self.conditional else None
+        try:
+            if staged.upload is None and staged.size <= self.uploader.single_put_limit:
+                await self._fill_gaps(inode, staged, 0, staged.size)
+                etag = await self.uploader.upload(key, staged.path, staged.size,
+                                                  self.metadata(inode), expect)
+            else:
+                etag = await self._commit_multipart(inode, staged, key, expect)
+        except Stale:
+            await self._keep_as_conflict(inode, staged, key)
+            raise
+        staged.expect = etag
+        staged.dirty = False
+        staged.base_etag, staged.base_valid = etag, staged.size
+        staged.versions.clear()
+        await self._disk(staged.forget_journal)
+        inode.etag, inode.size = etag, staged.size
+        inode.fetched_at = time.monotonic()
+        inode.meta_known = True
+        log.debug("committed %s (%d bytes)", key, staged.size)
+
+    async def _spill(self, inode: Inode) -> int:
+        """Commit the file as it stands, as fsync would, and drop its local copy but for its
+        last part (where writes most likely go on); returns the bytes freed.  Called with the
+        inode's lock held, when staged data would pass the cache budget."""
+        staged = inode.staged
+        if staged is None or inode.unlinked:
+            return 0  # an unlinked file's bytes exist nowhere else
+        keep_from = part_span(parts_within(0, max(staged.size, 1), staged.part_size)[-1],
+                              staged.part_size)[0]
+        if keep_from == 0 or await self._disk(staged.local_bytes) < self.space.check_every:
+            return 0  # too little to gain
+        try:
+            await self._commit_locked(inode)
+        except Stale:
+            raise  # a conflict: kept aside by the commit, and ESTALE is the honest answer
+        except FsError as exc:
+            raise NoSpace(f"staged data fills the cache budget, and committing "
+                          f"{self.namespace.key(inode)} to make room failed: {exc}") from exc
+        before = await self._disk(staged.local_bytes)
+        await self._disk(staged.drop_local, keep_from)
+        freed = before - await self._disk(staged.local_bytes)
+        log.info("%s: committed as it stands at %d bytes, and %d MiB dropped locally, to keep "
+                 "staged data within the %d MiB cache budget", self.namespace.key(inode),
+                 staged.size, freed >> 20, self.space.budget >> 20)
+        return freed
 
     async def _keep_as_conflict(self, inode: Inode, staged: StagedFile, key: str) -> None:
         """Another client changed the object: never overwrite it; ours goes beside it."""
@@ -404,9 +417,11 @@ class FileData:
             if staged is not None and not staged.dirty and inode.opens == 0 and (
                     not inode.local_only or inode.unlinked):
                 inode.staged = None
+                self.space.live.pop(inode.ino, None)
                 await self._disk(staged.close)
             if inode.unlinked and inode.staged is not None and inode.opens == 0:
                 staged, inode.staged = inode.staged, None
+                self.space.live.pop(inode.ino, None)
                 if staged.upload is not None:
                     await staged.upload.wait_idle()
                     await self.uploader.abort(staged.upload)

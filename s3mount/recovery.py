@@ -26,6 +26,8 @@ from s3mount.uploader import Uploader
 
 log = logging.getLogger(__name__)
 
+FETCH_CHUNK = 8 * 1024 * 1024
+
 
 @dataclass
 class Outcome:
@@ -114,9 +116,11 @@ class Recovery:
             return None
         mtime_ns = os.stat(data_path).st_mtime_ns  # the last write's time, before any fill
         with open(data_path, "r+b") as f:
-            for start, end in gaps:
-                f.seek(start)
-                f.write(await self.store.get_range(key, start, end, base))
+            for start, end in gaps:  # a chunk at a time: a gap can be gigabytes
+                for chunk in range(start, end, FETCH_CHUNK):
+                    f.seek(chunk)
+                    f.write(await self.store.get_range(key, chunk, min(chunk + FETCH_CHUNK, end),
+                                                       base))
             f.truncate(size)
         metadata = dict(state.get("metadata", {}))
         metadata["mtime"] = f"{mtime_ns // 10**9}.{mtime_ns % 10**9:09d}"

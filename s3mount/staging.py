@@ -17,6 +17,8 @@ The file's owner (`files.py`) serialises mutations per inode.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import uuid
@@ -26,6 +28,18 @@ from typing import Any
 from s3mount.parts import parts_within
 
 Extent = tuple[int, int]  # [start, end)
+
+_FALLOC_PUNCH = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE (linux/falloc.h)
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+def punch_hole(fd: int, start: int, end: int) -> None:
+    """Give the disk blocks of [start, end) back; the range reads as zeros (the file keeps its
+    size).  The standard library has no fallocate with a mode, hence ctypes."""
+    if end > start and _libc.fallocate(fd, _FALLOC_PUNCH, start, end - start) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"cannot free staged bytes: {os.strerror(err)}")
 
 
 def add_extent(extents: list[Extent], start: int, end: int) -> list[Extent]:
@@ -45,6 +59,17 @@ def add_extent(extents: list[Extent], start: int, end: int) -> list[Extent]:
 
 def clip_extents(extents: list[Extent], limit: int) -> list[Extent]:
     return [(s, min(e, limit)) for s, e in extents if s < limit]
+
+
+def remove_range(extents: list[Extent], start: int, end: int) -> list[Extent]:
+    """The sorted extents without [start, end)."""
+    kept: list[Extent] = []
+    for s, e in extents:
+        if s < start:
+            kept.append((s, min(e, start)))
+        if e > end:
+            kept.append((max(s, end), e))
+    return kept
 
 
 def missing_ranges(extents: list[Extent], start: int, end: int) -> list[Extent]:
@@ -92,6 +117,7 @@ class StagedFile:
         # EXPECT_ABSENT ("*") for a file that did not exist (conditional writes).
         self.expect: str | None = base_etag
         self.kept = False  # moved aside after a conflict: close must not delete it
+        self.drops = 0  # bumped when local bytes are dropped: a read in flight must look again
 
     def set_journal(self, **fields: Any) -> None:
         """Record what the next mount needs to finish this file's upload after a crash."""
@@ -183,14 +209,31 @@ class StagedFile:
         end = min(end, self.base_valid)
         return missing_ranges(self.present, start, end) if start < end else []
 
+    def local_bytes(self) -> int:
+        """Disk space the staging file takes now."""
+        return os.fstat(self.fd).st_blocks * 512 if self.fd >= 0 else 0
+
+    def remote_bytes(self) -> int:
+        """Bytes that are still only in the base object."""
+        return sum(e - s for s, e in self.remote_gaps(0, self.size))
+
+    def drop_local(self, end: int) -> None:
+        """Free the local copy of [0, end): the base object holds those bytes (the file is
+        clean, just committed), and they are fetched again if asked for."""
+        assert not self.dirty and end <= self.base_valid, "only committed bytes can be dropped"
+        self.drops += 1
+        self.present = remove_range(self.present, 0, end)
+        punch_hole(self.fd, 0, end)
+
     def read(self, offset: int, size: int) -> bytes:
         size = max(0, min(size, self.size - offset))
         return os.pread(self.fd, size, offset) if size else b""
 
     def close(self) -> None:
         self.forget_journal()
+        fd, self.fd = self.fd, -1
         try:
-            os.close(self.fd)
+            os.close(fd)
         finally:
             try:
                 if not self.kept:

@@ -71,7 +71,8 @@ def pending_uploads(inodes: list[Any]) -> tuple[int, int]:
         staged = inode.staged
         if staged is not None and not inode.unlinked and (staged.dirty or inode.local_only):
             files += 1
-            size += max(0, int(staged.size) - sent_early(staged))
+            # Bytes only in the old object are copied server-side: nothing to send.
+            size += max(0, int(staged.size) - sent_early(staged) - staged.remote_bytes())
     return files, size
 
 

@@ -137,6 +137,30 @@ async def test_append_copies_untouched_parts_server_side(world, s3_client, bucke
     assert store.bytes_in == 0  # nothing of the old object came down
 
 
+async def test_staged_data_stays_within_the_cache_budget(world, s3_client, bucket):
+    """A file written past the 64 MiB budget is committed as it stands and dropped locally;
+    rewrites and reads of the dropped bytes still work, and nothing is lost."""
+    fs, store = world
+    space = fs.files.space
+    data = bytearray(os.urandom(160 * MIB + 4321))
+    handle, inode = await fs.create(1, b"big.bin", 0o644, os.O_RDWR, PID, UID, GID)
+    most = 0
+    for off in range(0, len(data), MIB):
+        await fs.write(handle.fh, off, bytes(data[off:off + MIB]))
+        most = max(most, await space.staged_bytes())
+    assert most <= space.budget
+    assert store.calls["complete_multipart"] >= 2  # committed as it stood, more than once
+    patch = b"rewritten after its bytes were dropped" * 100
+    await fs.write(handle.fh, MIB + 17, patch)
+    data[MIB + 17:MIB + 17 + len(patch)] = patch
+    assert await fs.read(handle.fh, 20 * MIB, 4096) == data[20 * MIB:20 * MIB + 4096]
+    await fs.flush(handle.fh)
+    await fs.release(handle.fh)
+    assert store.calls["upload_part_copy"] > 0  # the dropped ranges were copied server-side
+    assert s3_client.get_object(Bucket=bucket, Key="big.bin")["Body"].read() == data
+    assert await space.staged_bytes() == 0
+
+
 async def test_etag_change_is_never_mixed(world, s3_client, bucket):
     fs, store = world
     s3_client.put_object(Bucket=bucket, Key="v.bin", Body=b"1" * (3 * MIB))

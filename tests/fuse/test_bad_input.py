@@ -362,6 +362,7 @@ def test_sparse_file_beyond_5_gib(tmp_path):
     (["--connect-timeout", "0"], "connect-timeout", 2),
     (["--read-timeout", "0"], "read-timeout", 2),
     (["--cache-size", "12X"], "cache-size", 2),
+    (["--cache-size", "1M"], "cache-size", 2),
     (["--max-readahead", "lots"], "max-readahead", 2),
     (["--metrics-port", "70000"], "metrics-port", 2),
     (["--metrics-port", "0"], "metrics-port", 2),
