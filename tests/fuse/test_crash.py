@@ -99,6 +99,33 @@ def test_large_streaming_file_killed_leaves_no_multipart(crashable, s3_client, b
     assert not s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads")
 
 
+def test_file_past_the_cache_budget_killed_is_rebuilt(s3_server, s3_client, bucket, tmp_path):
+    """Killed after the file was committed as it stood and dropped locally (past --cache-size),
+    then written again, at the end and in a dropped range: the next mount rebuilds it whole."""
+    m = Mount(s3_server.endpoint, bucket, tmp_path / "mnt", tmp_path / "cache",
+              ["--cache-size", "64M"])
+    m.start()
+    m.pid = daemon_pid(m)  # type: ignore[attr-defined]
+    try:
+        data = bytearray(os.urandom(150 * MIB))
+        fd = os.open(m.path / "big.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+        for off in range(0, len(data), MIB):
+            os.pwrite(fd, data[off:off + MIB], off)
+        patch = b"written over a dropped range, never closed"
+        os.pwrite(fd, patch, 2 * MIB)
+        data[2 * MIB:2 * MIB + len(patch)] = patch
+        assert "committed as it stands" in m.log_text()
+        kill_daemon(m)
+        close_quietly(fd)
+        m.start()
+        body = s3_client.get_object(Bucket=bucket, Key="big.bin")["Body"].read()
+        assert len(body) == len(data) and body == data
+        assert not s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(m.path)], capture_output=True)
+        m.stop()
+
+
 def test_renamed_dirty_file_recovered_under_new_name(crashable, s3_client, bucket):
     fd = write_unclosed(crashable.path / "draft.txt", b"draft contents")
     os.rename(crashable.path / "draft.txt", crashable.path / "final.txt")
