@@ -1,32 +1,32 @@
-"""File contents: reading through the bucket, staging writes, and committing them.
+"""File contents: staging writes, committing them, and reading files through their staging.
 
 `FileData` owns each inode's staged file and the per-inode lock that serialises every change of
 it (write, truncate, commit), so a commit never uploads a file that is being written.  Reads of a
-clean file go through the block cache, pinned to the ETag seen at open (`If-Match`, so bytes of two
-versions are never mixed); a sequential reader's blocks come from one streamed GET that stays a
-growing window ahead of it, a random reader fetches just the bytes it asked for.  Reads of a
-staged file take written bytes from the staging file and fetch the rest of the base object into it.
+clean file go to `reading.ObjectReader` (block cache, read-ahead); reads of a staged file take
+written bytes from the staging file and fetch the rest of the base object into it.  To keep
+staged data within the cache budget (`budget.py`), parts already uploaded are dropped locally;
+anything that needs their bytes back (a read, a rewrite, a truncate, a rename, an unlink) first
+commits the file as it stands ("settles" it), after which they are the base object's bytes.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import trio
 
-from s3mount.blockcache import BlockCache, Run
+from s3mount.blockcache import BlockCache
 from s3mount.blocking import Background, Limiters, run_blocking
 from s3mount.budget import SpaceGuard
-from s3mount.errors import FsError, NoSpace, NotFound, Stale
+from s3mount.errors import FsError, NoSpace, RemoteIO, Stale
 from s3mount.handles import FileHandle
 from s3mount.inodes import Inode
 from s3mount.keys import conflict_key
 from s3mount.namespace import Namespace
 from s3mount.parts import part_span, parts_within
+from s3mount.reading import KeyGone, ObjectReader
 from s3mount.staging import StagedFile
 from s3mount.store import EXPECT_ABSENT, ObjectStore, PosixAttrs, encode_attrs, encode_xattrs
 from s3mount.uploader import Uploader
@@ -34,27 +34,8 @@ from s3mount.uploader import Uploader
 log = logging.getLogger(__name__)
 
 FETCH_CHUNK = 8 * 1024 * 1024
-RUN_BLOCKS = 128  # blocks a streamed run asks for (1 GiB of 8 MiB blocks)
-RUN_PAUSE = 10.0  # seconds a streamed run waits for a reader that stopped reading
-RUN_STREAMS = 2  # streamed runs per handle at once: the next starts before the last ends
 RETRY_FIRST = 2.0  # seconds before a failed commit is tried again in the background
 RETRY_MAX = 60.0
-
-
-class KeyGone(Stale):
-    """The object an open handle reads was deleted (ESTALE unless it moved here)."""
-
-
-@contextmanager
-def _gone_means_stale(key: str) -> Iterator[None]:
-    try:
-        yield
-    except NotFound:
-        raise KeyGone(f"{key} was deleted from the bucket while open") from None
-
-
-class RunStopped(Exception):
-    """A streamed read-ahead run ends early: its reader went elsewhere."""
 
 
 class FileData:
@@ -69,14 +50,11 @@ class FileData:
         self.staging_dir = staging_dir
         self.cache = cache
         self.background = background
-        # Read ahead at most half the cache: blocks fetched ahead must outlive their reading.
-        self.max_window = max(1, min(max_readahead, cache.capacity // 2) // cache.block_size)
+        self.reader = ObjectReader(store, cache, background, max_readahead)
         self._locks: dict[int, trio.Lock] = {}
         self._retrying: set[int] = set()
         self.conditional = conditional  # If-Match / If-None-Match on commits
         self.space = SpaceGuard(staging_dir, cache, limiters)
-        self._moved = trio.Event()  # set (and replaced) by a read while runs wait for one
-        self._pacing = 0  # runs waiting for their reader
 
     def lock(self, inode: Inode) -> trio.Lock:
         return self._locks.setdefault(inode.ino, trio.Lock())
@@ -124,11 +102,15 @@ class FileData:
         """Bring every byte of the file local, so it outlives its object (unlink while open)."""
         async with self.lock(inode):
             staged = await self.stage(inode)
+            if staged.sent:
+                await self._settle(inode)
             await self._fill_gaps(inode, staged, 0, staged.size)
 
     async def write(self, inode: Inode, offset: int, data: bytes) -> int:
         async with self.lock(inode):
             staged = await self.stage(inode)
+            if staged.sent_within(offset, offset + len(data)):
+                await self._settle(inode)
             await self.space.admit(inode, len(data), self._spill)
             written = await self._disk(staged.write, offset, data)
             inode.size = staged.size
@@ -160,6 +142,8 @@ class FileData:
     async def truncate(self, inode: Inode, size: int) -> None:
         async with self.lock(inode):
             staged = await self.stage(inode, truncate_to=size)
+            if staged.sent:
+                await self._settle(inode)
             await self._disk(staged.truncate, size)
             inode.size = size
             inode.mtime_ns = inode.ctime_ns = time.time_ns()
@@ -171,8 +155,10 @@ class FileData:
         while inode.staged is not None:
             staged = inode.staged
             end = min(offset + size, staged.size)
-            if staged.remote_gaps(offset, end):
+            if staged.sent_within(offset, end) or staged.remote_gaps(offset, end):
                 async with self.lock(inode):
+                    if staged.sent_within(offset, end):
+                        await self._settle(inode)
                     await self._fill_gaps(inode, staged, offset, end)
             drops = staged.drops
             data = await self._disk(staged.read, offset, size)
@@ -184,114 +170,15 @@ class FileData:
                            size: int) -> bytes:
         key = self.namespace.key(inode)
         try:
-            return await self._read_object(key, handle, offset, size)
+            return await self.reader.read(key, handle, offset, size)
         except KeyGone:
             # Our own unlink or rename may have deleted the key while this read waited: the
             # bytes are then staged locally (unlink of an open file), or under the new key.
             if inode.staged is not None:
                 return await self.read(inode, handle, offset, size)
             if self.namespace.key(inode) != key:
-                return await self._read_object(self.namespace.key(inode), handle, offset, size)
+                return await self.reader.read(self.namespace.key(inode), handle, offset, size)
             raise
-
-    async def _read_object(self, key: str, handle: FileHandle, offset: int,
-                           size: int) -> bytes:
-        size = max(0, min(size, handle.size - offset))
-        if size == 0 or handle.etag is None:
-            return b""
-        etag, object_size = handle.etag, handle.size
-        cache = self.cache
-        first, last = offset // cache.block_size, (offset + size - 1) // cache.block_size
-
-        async def fetch(begin: int, end: int) -> bytes:
-            with _gone_means_stale(key):
-                return await self.store.get_range(key, begin, end, etag)
-
-        async def stream(begin: int, end: int, deliver) -> None:  # type: ignore[no-untyped-def]
-            run = range(begin // cache.block_size, -(-end // cache.block_size))
-
-            async def pace(offset: int) -> None:
-                await self._pace(handle, key, etag, offset, run)
-
-            with _gone_means_stale(key):
-                await self.store.get_stream(key, begin, end, etag, cache.block_size, deliver,
-                                            pace)
-
-        sequential = handle.note_read(offset, size, self.max_window, cache.block_size)
-        if self._pacing:  # paced read-ahead runs look again
-            self._moved.set()
-            self._moved = trio.Event()
-        blocks = range(first, last + 1)
-        if not sequential and not all(cache.has(key, etag, i) for i in blocks):
-            return await fetch(offset, offset + size)  # random: never pull whole blocks
-        self._read_ahead(handle, key, etag, object_size, first, last, stream)
-        parts = []
-        for index in blocks:
-            base = index * cache.block_size
-            start = max(offset, base) - base
-            end = min(offset + size, base + cache.block_size) - base
-            parts.append(await cache.read(key, etag, object_size, index, start, end - start,
-                                          fetch))
-        return b"".join(parts)
-
-    def _read_ahead(self, handle: FileHandle, key: str, etag: str, object_size: int,
-                    first: int, last: int, stream) -> None:  # type: ignore[no-untyped-def]
-        """Keep a sequential reader's blocks coming, from its own block `first` on.
-
-        One GET streams a run of up to RUN_BLOCKS blocks in order, paced so it stays within
-        the handle's window ahead of the reader (twice what the reader has read in order so
-        far, up to --max-readahead): a reader that stops costs little more than its window.  The
-        next run starts when the reader comes within a window of the end of the current one,
-        so its first byte is not waited for.  A long sequential read thus costs a few
-        requests, not one per block: every request has a price, in latency and money, and
-        some servers (moto among them) spend as much on a ranged GET as on the whole object.
-        """
-        cache = self.cache
-        reach = min(last + handle.window, (object_size - 1) // cache.block_size)
-        start = max(handle.run_end, first)
-        while start <= reach and cache.busy(key, etag, start):
-            start += 1
-        if start > reach or handle.streams >= RUN_STREAMS:
-            return
-        run = cache.start_run(key, etag, object_size, start, RUN_BLOCKS, self.max_window)
-        if run is None:
-            return
-        handle.run_end = run.stop
-        if self.background.start(self._prefetch_run, handle, key, run, stream, run.stop):
-            handle.streams += 1
-        else:
-            run.abandon()
-
-    async def _pace(self, handle: FileHandle, key: str, etag: str, offset: int,
-                    run: range) -> None:
-        """Hold a streamed block until its reader is within its window of it, or another
-        reader waits for the run; end the run when the reader jumps away, closes, or stops
-        reading for RUN_PAUSE seconds."""
-        size = self.cache.block_size
-        deadline = trio.current_time() + RUN_PAUSE
-        rest = range(offset // size, run.stop)
-        while not self.cache.wanted(key, etag, rest):
-            if handle.closed or handle.window == 0 or trio.current_time() >= deadline:
-                raise RunStopped(f"the reader left at {handle.next_offset}")
-            if offset < handle.next_offset + handle.window * size:
-                return
-            self._pacing += 1
-            try:
-                with trio.move_on_at(deadline):
-                    await self._moved.wait()
-            finally:
-                self._pacing -= 1
-
-    async def _prefetch_run(self, handle: FileHandle, key: str, run: Run, stream,  # type: ignore[no-untyped-def]
-                            planned: int) -> None:
-        try:
-            await run.fetch(stream)
-        except (FsError, OSError, RunStopped) as exc:  # the rest is left to its readers
-            log.debug("read-ahead of %s from block %d ended: %s", key, run.first, exc)
-        finally:
-            handle.streams -= 1
-            if handle.run_end == planned:  # the latest run: the next one starts where it got
-                handle.run_end = run.first + run.delivered
 
     # -- committing ----------------------------------------------------------------------------
 
@@ -320,25 +207,43 @@ class FileData:
             else:
                 etag = await self._commit_multipart(inode, staged, key, expect)
         except Stale:
-            await self._keep_as_conflict(inode, staged, key)
-            raise
-        staged.expect = etag
-        staged.dirty = False
-        staged.base_etag, staged.base_valid = etag, staged.size
-        staged.versions.clear()
+            if not staged.sent:
+                await self._keep_as_conflict(inode, staged, key)
+                raise
+            etag = await self._overrule_conflict(inode, staged, key)
+        staged.committed(etag)
         await self._disk(staged.forget_journal)
         inode.etag, inode.size = etag, staged.size
         inode.fetched_at = time.monotonic()
         inode.meta_known = True
         log.debug("committed %s (%d bytes)", key, staged.size)
 
+    async def settle(self, inode: Inode) -> None:
+        """Commit a file some of whose bytes are only in its unfinished upload, so they can be
+        read back (before a rename or an unlink moves the file away from that upload)."""
+        async with self.lock(inode):
+            if inode.staged is not None and inode.staged.sent:
+                await self._settle(inode)
+
+    async def _settle(self, inode: Inode) -> None:
+        log.info("%s: committed as it stands, to read back bytes that were dropped locally",
+                 self.namespace.key(inode))
+        await self._commit_locked(inode)
+
     async def _spill(self, inode: Inode) -> int:
-        """Commit the file as it stands, as fsync would, and drop its local copy but for its
-        last part (where writes most likely go on); returns the bytes freed.  Called with the
-        inode's lock held, when staged data would pass the cache budget."""
+        """Free local bytes of a file being written, when staged data would pass the cache
+        budget; returns the bytes freed.  Called with the inode's lock held.
+
+        Parts already uploaded are dropped first (the writer waits for those in flight): a
+        sequential writer then costs no more requests than without a budget.  When that is not
+        enough, the file is committed as it stands, as fsync would, and its local copy dropped
+        but for its last part (where writes most likely go on)."""
         staged = inode.staged
         if staged is None or inode.unlinked:
             return 0  # an unlinked file's bytes exist nowhere else
+        freed = await self._drop_sent_parts(staged)
+        if freed >= self.space.check_every:
+            return freed
         keep_from = part_span(parts_within(0, max(staged.size, 1), staged.part_size)[-1],
                               staged.part_size)[0]
         if keep_from == 0 or await self._disk(staged.local_bytes) < self.space.check_every:
@@ -352,10 +257,31 @@ class FileData:
                           f"{self.namespace.key(inode)} to make room failed: {exc}") from exc
         before = await self._disk(staged.local_bytes)
         await self._disk(staged.drop_local, keep_from)
-        freed = before - await self._disk(staged.local_bytes)
+        dropped = before - await self._disk(staged.local_bytes)
         log.info("%s: committed as it stands at %d bytes, and %d MiB dropped locally, to keep "
                  "staged data within the %d MiB cache budget", self.namespace.key(inode),
-                 staged.size, freed >> 20, self.space.budget >> 20)
+                 staged.size, dropped >> 20, self.space.budget >> 20)
+        return freed + dropped
+
+    async def _drop_sent_parts(self, staged: StagedFile) -> int:
+        """Drop the local copy of every whole part already uploaded and not changed since."""
+        upload = staged.upload
+        if upload is None:
+            return 0
+        await upload.wait_idle()  # the writer waits for its parts in flight, then drops them
+        spans: dict[int, tuple[int, int]] = {}
+        for number, (_, version, length) in list(upload.parts.items()):
+            start, end = part_span(number, staged.part_size)
+            if (version == staged.version(number) and length == end - start
+                    and staged.complete(start, end)):
+                spans[number] = (start, end)
+        if not spans:
+            return 0
+        before = await self._disk(staged.local_bytes)
+        await self._disk(staged.drop_sent, spans, {n: upload.parts[n][0] for n in spans})
+        freed = before - await self._disk(staged.local_bytes)
+        log.debug("%s: %d MiB of parts already uploaded dropped locally, to keep staged data "
+                  "within the cache budget", upload.key, freed >> 20)
         return freed
 
     async def _keep_as_conflict(self, inode: Inode, staged: StagedFile, key: str) -> None:
@@ -377,6 +303,23 @@ class FileData:
         inode.fetched_at = 0.0  # the next open sees the other client's version
         return
 
+    async def _overrule_conflict(self, inode: Inode, staged: StagedFile, key: str) -> str:
+        """Another client changed the object while part of ours existed only in its unfinished
+        upload (dropped locally to stay within the cache budget), so ours cannot be set aside:
+        theirs is copied beside it, and ours completes over the key.  Both are kept; the commit
+        still reports the conflict."""
+        theirs = await self.store.head(key)
+        target = conflict_key(key)
+        if theirs is not None:
+            await self.store.copy(key, target, theirs.size, None)
+        etag = await self._commit_multipart(inode, staged, key, None)
+        staged.committed(etag)
+        await self._disk(staged.forget_journal)
+        inode.etag, inode.size = etag, staged.size
+        log.warning("%s was changed in the bucket by another client while ours was being "
+                    "written; theirs is kept as %s, ours is at %s", key, target, key)
+        raise Stale(f"{key} was changed by another client; theirs is kept as {target}")
+
     async def _commit_multipart(self, inode: Inode, staged: StagedFile, key: str,
                                 expect: str | None) -> str:
         """Complete the file's multipart upload: parts sent early and unchanged are kept,
@@ -385,6 +328,9 @@ class FileData:
         metadata = self.metadata(inode)
         if upload is not None:
             await upload.wait_idle()
+            if upload.key != key and staged.sent:  # never: a rename settles first
+                staged.upload = upload
+                raise RemoteIO(f"{key}: its upload under {upload.key} holds parts of it")
             if upload.key != key:  # renamed while streaming
                 await self.uploader.abort(upload)
                 upload = None
@@ -405,7 +351,13 @@ class FileData:
             return await self.store.upload_part(key, upload.upload_id, number, staged.path,
                                                 offset, length)
 
-        etag = await self.uploader.finish(upload, staged.size, source, expect)
+        keep = bool(staged.sent)  # parts only the upload holds: a failure must not abort it
+        try:
+            etag = await self.uploader.finish(upload, staged.size, source, expect, keep)
+        except BaseException:
+            if keep:
+                staged.upload = upload  # the next try completes the same upload
+            raise
         if fix_metadata:  # attributes changed after the upload began
             etag = await self.store.copy(key, key, staged.size, metadata)
         return etag

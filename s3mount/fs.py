@@ -145,7 +145,8 @@ class Filesystem:
         if inode.is_dir:
             raise errors.IsADirectory(inode.name)
         key = self.table.key(inode)
-        if inode.opens and inode.etag is not None:
+        if inode.opens and (inode.etag is not None or inode.staged is not None
+                            and inode.staged.sent):
             await self.files.materialize(inode)  # an open file stays readable, as on a disk
         # Out of the namespace before the DELETE is awaited: an open(2) racing this unlink
         # then fails with ENOENT instead of finding the object gone under it.
@@ -290,6 +291,7 @@ class Filesystem:
             if dst.is_dir and not await self.ns.is_empty(dst):
                 raise errors.NotEmpty(new_name)
         new_key = join(self.table.key(dst_dir), new_name)
+        await self._settle_tree(src)
         if src.is_dir:
             await self._rename_tree(src, new_key)
         else:
@@ -299,6 +301,16 @@ class Filesystem:
         self.table.move(src, dst_dir.ino, new_name)
         self.ns.forget_negative(dst_dir, new_name)
         await self._journal_tree(src)
+
+    async def _settle_tree(self, top: Inode) -> None:
+        """Commit the files under `top` whose bytes are partly only in an unfinished upload:
+        that upload belongs to the old key."""
+        stack = [top]
+        while stack:
+            node = stack.pop()
+            stack.extend(self.table.children(node.ino))
+            if node.staged is not None and node.staged.sent:
+                await self.files.settle(node)
 
     async def _journal_tree(self, top: Inode) -> None:
         """After a rename, point the crash journals of staged files at their new keys."""

@@ -20,8 +20,9 @@ from typing import Any
 
 from s3mount.errors import FsError
 from s3mount.keys import conflict_key
+from s3mount.parts import plan_parts
 from s3mount.staging import missing_ranges
-from s3mount.store import ObjectStore
+from s3mount.store import ObjectInfo, ObjectStore
 from s3mount.uploader import Uploader
 
 log = logging.getLogger(__name__)
@@ -89,11 +90,39 @@ class Recovery:
                 leftover.unlink()
         return outcome
 
+    async def _complete_sent(self, state: dict[str, Any], data_path: str, size: int,
+                             metadata: dict[str, str], sent_parts: dict[int, str],
+                             theirs: ObjectInfo | None) -> None:
+        """Complete the crashed mount's upload: its sent parts as they are, the rest from the
+        staging file.  Ours cannot be set aside (part of it is only in the upload), so a
+        version someone else wrote meanwhile is copied beside it first."""
+        key, upload_id = state["key"], state["upload_id"]
+        if theirs is not None:
+            target = conflict_key(key)
+            await self.store.copy(key, target, theirs.size, None)
+            log.warning("%s changed in the bucket while ours waited to be uploaded, and part of "
+                        "ours was only in its unfinished upload: theirs is kept as %s, ours is "
+                        "at %s", key, target, key)
+        parts = []
+        for number, offset, length in plan_parts(size, int(state["part_size"])):
+            etag = sent_parts.get(number)
+            if etag is None:
+                etag = await self.store.upload_part(key, upload_id, number, data_path, offset,
+                                                    length)
+            parts.append((number, etag))
+        await self.store.complete_multipart(key, upload_id, parts)
+        await self.store.copy(key, key, size, metadata)  # the metadata as at the crash
+        log.info("finished the interrupted upload of %s (%d bytes, %d parts kept from before "
+                 "the crash)", key, size, len(sent_parts))
+
     async def _recover(self, state: dict[str, Any], data_path: str) -> bool | None:
         """Upload one staged file; True if it went under a conflict key, None if kept."""
         # The staging file always has the file's length (truncates shrink it, writes extend it).
         key, size = state["key"], os.path.getsize(data_path)
-        if state.get("upload_id"):
+        # Parts dropped locally to stay within the cache budget live only in the upload: it is
+        # completed with them, never aborted.
+        sent_parts = {int(n): etag for n, etag in (state.get("sent_parts") or {}).items()}
+        if state.get("upload_id") and not sent_parts:
             try:
                 await self.store.abort_multipart(key, state["upload_id"])
             except FsError:
@@ -108,8 +137,8 @@ class Recovery:
                 return False
         else:
             changed = remote is None or remote.etag != base
-        gaps = missing_ranges([tuple(e) for e in state.get("present", [])], 0,
-                              min(int(state.get("base_valid", 0)), size)) if base else []
+        held = sorted(tuple(e) for e in state.get("present", []) + state.get("sent", []))
+        gaps = missing_ranges(held, 0, min(int(state.get("base_valid", 0)), size)) if base else []
         if gaps and changed:
             log.error("cannot rebuild %s: its base version changed in the bucket and %d ranges "
                       "were never local; staged data kept in %s", key, len(gaps), data_path)
@@ -124,6 +153,10 @@ class Recovery:
             f.truncate(size)
         metadata = dict(state.get("metadata", {}))
         metadata["mtime"] = f"{mtime_ns // 10**9}.{mtime_ns % 10**9:09d}"
+        if sent_parts:
+            await self._complete_sent(state, data_path, size, metadata, sent_parts,
+                                      remote if changed else None)
+            return changed
         target = conflict_key(key) if changed else key
         await self.uploader.upload(target, data_path, size, metadata)
         if changed:

@@ -118,6 +118,10 @@ class StagedFile:
         self.expect: str | None = base_etag
         self.kept = False  # moved aside after a conflict: close must not delete it
         self.drops = 0  # bumped when local bytes are dropped: a read in flight must look again
+        # Ranges dropped locally whose bytes are only in parts of `upload` (uploaded, not yet
+        # committed): whole parts, disjoint from `present`; `sent_parts` has their ETags.
+        self.sent: list[Extent] = []
+        self.sent_parts: dict[int, str] = {}
 
     def set_journal(self, **fields: Any) -> None:
         """Record what the next mount needs to finish this file's upload after a crash."""
@@ -126,7 +130,8 @@ class StagedFile:
 
     def _save_journal(self) -> None:
         state = dict(self.journal or {}, size=self.size, base_etag=self.base_etag,
-                     base_valid=self.base_valid, present=self.present)
+                     base_valid=self.base_valid, present=self.present, sent=self.sent,
+                     sent_parts=self.sent_parts, part_size=self.part_size)
         tmp = self.journal_path + ".tmp"
         with open(tmp, "w", opener=lambda p, f: os.open(p, f, 0o600)) as out:
             json.dump(state, out)
@@ -162,14 +167,23 @@ class StagedFile:
     def version(self, number: int) -> int:
         return self.versions.get(number, 0)
 
+    def _held(self) -> list[Extent]:
+        """Bytes that are ours, not the base object's: local, or sent in upload parts."""
+        return sorted(self.present + self.sent) if self.sent else self.present
+
     def untouched(self, start: int, end: int) -> bool:
         """Whether [start, end) is still exactly the base object's bytes, none of them local."""
-        return end <= self.base_valid and missing_ranges(self.present, start, end) == [
+        return end <= self.base_valid and missing_ranges(self._held(), start, end) == [
             (start, end)]
 
     def complete(self, start: int, end: int) -> bool:
         """Whether every byte of [start, end) is in the local file."""
-        return end <= self.size and not self.remote_gaps(start, end)
+        return end <= self.size and not self.remote_gaps(start, end) and not self.sent_within(
+            start, end)
+
+    def sent_within(self, start: int, end: int) -> bool:
+        """Whether any byte of [start, end) exists only in an uploaded part."""
+        return any(s < end and start < e for s, e in self.sent)
 
     def write(self, offset: int, data: bytes) -> int:
         written = os.pwrite(self.fd, data, offset)
@@ -186,7 +200,7 @@ class StagedFile:
     def fill(self, offset: int, data: bytes) -> None:
         """Store base-object bytes fetched for a range that was missing (does not dirty)."""
         end = min(offset + len(data), self.base_valid)  # never past a truncate since
-        gaps = missing_ranges(self.present, offset, end) if offset < end else []
+        gaps = missing_ranges(self._held(), offset, end) if offset < end else []
         for s, e in gaps:  # never overwrite bytes written since the fetch began
             os.pwrite(self.fd, data[s - offset:e - offset], s)
             self.present = add_extent(self.present, s, e)
@@ -207,7 +221,7 @@ class StagedFile:
     def remote_gaps(self, start: int, end: int) -> list[Extent]:
         """Ranges of [start, end) that must still come from the base object."""
         end = min(end, self.base_valid)
-        return missing_ranges(self.present, start, end) if start < end else []
+        return missing_ranges(self._held(), start, end) if start < end else []
 
     def local_bytes(self) -> int:
         """Disk space the staging file takes now."""
@@ -224,6 +238,28 @@ class StagedFile:
         self.drops += 1
         self.present = remove_range(self.present, 0, end)
         punch_hole(self.fd, 0, end)
+
+    def drop_sent(self, parts: dict[int, Extent], etags: dict[int, str]) -> None:
+        """Free the local copy of whole parts already uploaded (part number -> its span), whose
+        bytes now live only in the open multipart upload.  The journal says so before the
+        bytes go, so a crash in between never uploads holes."""
+        self.drops += 1
+        for start, end in parts.values():
+            self.present = remove_range(self.present, start, end)
+            self.sent = add_extent(self.sent, start, end)
+        self.sent_parts.update(etags)
+        if self.journal is not None:
+            self._save_journal()
+        for start, end in parts.values():
+            punch_hole(self.fd, start, end)
+
+    def committed(self, etag: str) -> None:
+        """The bucket's version `etag` now holds every byte: sent parts became its bytes."""
+        self.dirty = False
+        self.expect = self.base_etag = etag
+        self.base_valid = self.size
+        self.sent, self.sent_parts = [], {}
+        self.versions.clear()
 
     def read(self, offset: int, size: int) -> bytes:
         size = max(0, min(size, self.size - offset))

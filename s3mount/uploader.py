@@ -94,10 +94,11 @@ class Uploader:
                 upload.idle = trio.Event()
 
     async def finish(self, upload: Multipart, size: int, source: PartSource,
-                     expect: str | None = None) -> str:
+                     expect: str | None = None, keep: bool = False) -> str:
         """Send every part `source` produces, in parallel, and complete the upload.
 
-        Any failure aborts the upload (shielded, so cancellation cannot skip it).
+        Any failure aborts the upload (shielded, so cancellation cannot skip it), unless `keep`:
+        when some parts exist nowhere else, the upload stays for the next try.
         """
         plan = plan_parts(size, self.part_size)
         done: list[tuple[int, str]] = []
@@ -121,7 +122,7 @@ class Uploader:
             log.debug("uploaded %s: %d bytes in %d parts", upload.key, size, len(plan))
             return etag
         finally:
-            if not completed:
+            if not completed and not keep:
                 await self.abort(upload)
 
     async def abort(self, upload: Multipart) -> None:

@@ -14,6 +14,7 @@ from helpers import REGION
 from s3mount.blockcache import BlockCache, block_digest
 from s3mount.blocking import Background, Limiters
 from s3mount.config import MountConfig
+from s3mount.errors import RemoteIO, Stale
 from s3mount.mount import build_filesystem
 from s3mount.s3 import S3Store, build_client
 
@@ -58,18 +59,48 @@ class CountingStore:
 
 
 
-@pytest.fixture
-async def world(s3_server, bucket, tmp_path, aws_env, nursery):
+class FlakyStore(CountingStore):
+    """A counting store whose next CompleteMultipartUpload fails when told to."""
+
+    def __init__(self, inner: S3Store) -> None:
+        super().__init__(inner)
+        self.fail_next_complete = False
+
+    def __getattr__(self, name: str):
+        call = super().__getattr__(name)
+        if name != "complete_multipart":
+            return call
+
+        async def flaky(*args, **kwargs):
+            if self.fail_next_complete:
+                self.fail_next_complete = False
+                raise RemoteIO("injected: the endpoint went away")
+            return await call(*args, **kwargs)
+
+        return flaky
+
+
+def build_world(s3_server, bucket, tmp_path, nursery, store_class=CountingStore):
     config = MountConfig(bucket=bucket, prefix="", mountpoint=str(tmp_path),
                          endpoint_url=s3_server.endpoint, region=REGION,
                          cache_dir=str(tmp_path / "cache"), uid=UID, gid=GID,
                          cache_size=64 * MIB)
     limiters = Limiters(config.max_concurrency)
-    store = CountingStore(S3Store(build_client(config), bucket, "", limiters.s3))
+    store = store_class(S3Store(build_client(config), bucket, "", limiters.s3))
     background = Background()
     background.nursery = nursery
     fs = build_filesystem(config, store, limiters, background)
     return fs, store
+
+
+@pytest.fixture
+async def world(s3_server, bucket, tmp_path, aws_env, nursery):
+    return build_world(s3_server, bucket, tmp_path, nursery)
+
+
+@pytest.fixture
+async def flaky_world(s3_server, bucket, tmp_path, aws_env, nursery):
+    return build_world(s3_server, bucket, tmp_path, nursery, FlakyStore)
 
 
 async def write_file(fs, name: bytes, data: bytes, chunk: int = MIB) -> int:
@@ -138,8 +169,8 @@ async def test_append_copies_untouched_parts_server_side(world, s3_client, bucke
 
 
 async def test_staged_data_stays_within_the_cache_budget(world, s3_client, bucket):
-    """A file written past the 64 MiB budget is committed as it stands and dropped locally;
-    rewrites and reads of the dropped bytes still work, and nothing is lost."""
+    """A file written past the 64 MiB budget drops its parts once uploaded, at no extra request;
+    a rewrite of dropped bytes commits the file as it stands first, and nothing is lost."""
     fs, store = world
     space = fs.files.space
     data = bytearray(os.urandom(160 * MIB + 4321))
@@ -149,16 +180,85 @@ async def test_staged_data_stays_within_the_cache_budget(world, s3_client, bucke
         await fs.write(handle.fh, off, bytes(data[off:off + MIB]))
         most = max(most, await space.staged_bytes())
     assert most <= space.budget
-    assert store.calls["complete_multipart"] >= 2  # committed as it stood, more than once
-    patch = b"rewritten after its bytes were dropped" * 100
+    assert store.calls["complete_multipart"] == 0  # parts were dropped, nothing committed
+    assert store.calls["upload_part"] <= 21  # each part sent once (20 whole ones so far)
+    patch = b"rewritten after its part was dropped" * 100
     await fs.write(handle.fh, MIB + 17, patch)
     data[MIB + 17:MIB + 17 + len(patch)] = patch
+    assert store.calls["complete_multipart"] == 1  # committed as it stood, to read part 1
     assert await fs.read(handle.fh, 20 * MIB, 4096) == data[20 * MIB:20 * MIB + 4096]
     await fs.flush(handle.fh)
     await fs.release(handle.fh)
     assert store.calls["upload_part_copy"] > 0  # the dropped ranges were copied server-side
     assert s3_client.get_object(Bucket=bucket, Key="big.bin")["Body"].read() == data
     assert await space.staged_bytes() == 0
+
+
+async def test_a_sequential_write_past_the_budget_costs_no_extra_request(world, s3_client,
+                                                                          bucket):
+    fs, store = world
+    data = os.urandom(200 * MIB)
+    fh = await write_file(fs, b"seq.bin", data)
+    assert await fs.files.space.staged_bytes() <= fs.files.space.budget
+    await fs.flush(fh)
+    await fs.release(fh)
+    assert s3_client.get_object(Bucket=bucket, Key="seq.bin")["Body"].read() == data
+    assert store.calls["complete_multipart"] == 1
+    assert store.calls["upload_part"] == 25  # 25 parts of 8 MiB, each sent once
+    assert store.calls["upload_part_copy"] == 0
+
+
+async def test_rename_and_unlink_of_a_file_whose_parts_were_dropped(world, s3_client, bucket):
+    """Dropped parts belong to the upload under the old key: a rename or an unlink while the
+    file is open commits it first, and its bytes stay readable."""
+    fs, store = world
+    first = os.urandom(100 * MIB)
+    fh = await write_file(fs, b"moving.bin", first)
+    await fs.rename(1, b"moving.bin", 1, b"moved.bin", 0)
+    assert await fs.read(fh, 5 * MIB, 4096) == first[5 * MIB:5 * MIB + 4096]
+    await fs.flush(fh)
+    await fs.release(fh)
+    assert s3_client.get_object(Bucket=bucket, Key="moved.bin")["Body"].read() == first
+    second = os.urandom(100 * MIB)
+    fh = await write_file(fs, b"doomed.bin", second)
+    await fs.unlink(1, b"doomed.bin")
+    assert await fs.read(fh, 7 * MIB, 4096) == second[7 * MIB:7 * MIB + 4096]
+    await fs.release(fh)
+    assert "doomed.bin" not in {o["Key"] for o in s3_client.list_objects_v2(
+        Bucket=bucket).get("Contents", [])}
+    assert not s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+async def test_a_failed_commit_keeps_the_upload_that_holds_dropped_parts(flaky_world,
+                                                                         s3_client, bucket):
+    fs, store = flaky_world
+    data = os.urandom(100 * MIB)
+    fh = await write_file(fs, b"kept.bin", data)
+    store.fail_next_complete = True
+    with pytest.raises(RemoteIO):
+        await fs.flush(fh)
+    assert len(s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == 1
+    await fs.flush(fh)  # the same upload completes, with the parts sent before
+    await fs.release(fh)
+    assert s3_client.get_object(Bucket=bucket, Key="kept.bin")["Body"].read() == data
+    assert not s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+async def test_a_conflict_over_dropped_parts_keeps_both_versions(world, s3_client, bucket):
+    """Ours cannot be set aside when part of it is only in its upload: theirs goes beside."""
+    fs, store = world
+    ours = os.urandom(100 * MIB)
+    fh = await write_file(fs, b"contested.bin", ours)
+    s3_client.put_object(Bucket=bucket, Key="contested.bin", Body=b"theirs, meanwhile")
+    with pytest.raises(Stale):
+        await fs.flush(fh)
+    await fs.release(fh)
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]]
+    beside = [k for k in keys if k.startswith("contested.bin.s3mount-conflict-")]
+    assert len(beside) == 1
+    assert s3_client.get_object(Bucket=bucket, Key=beside[0])["Body"].read() == (
+        b"theirs, meanwhile")
+    assert s3_client.get_object(Bucket=bucket, Key="contested.bin")["Body"].read() == ours
 
 
 async def test_etag_change_is_never_mixed(world, s3_client, bucket):

@@ -100,8 +100,9 @@ def test_large_streaming_file_killed_leaves_no_multipart(crashable, s3_client, b
 
 
 def test_file_past_the_cache_budget_killed_is_rebuilt(s3_server, s3_client, bucket, tmp_path):
-    """Killed after the file was committed as it stood and dropped locally (past --cache-size),
-    then written again, at the end and in a dropped range: the next mount rebuilds it whole."""
+    """Past --cache-size, uploaded parts are dropped locally; a rewrite of one commits the file
+    as it stands; more parts are dropped; then the daemon is killed.  The next mount completes
+    the upload from the parts kept in it, the staging file and the committed version."""
     m = Mount(s3_server.endpoint, bucket, tmp_path / "mnt", tmp_path / "cache",
               ["--cache-size", "64M"])
     m.start()
@@ -112,9 +113,14 @@ def test_file_past_the_cache_budget_killed_is_rebuilt(s3_server, s3_client, buck
         for off in range(0, len(data), MIB):
             os.pwrite(fd, data[off:off + MIB], off)
         patch = b"written over a dropped range, never closed"
-        os.pwrite(fd, patch, 2 * MIB)
+        os.pwrite(fd, patch, 2 * MIB)  # commits the file as it stands first
         data[2 * MIB:2 * MIB + len(patch)] = patch
-        assert "committed as it stands" in m.log_text()
+        more = os.urandom(100 * MIB)  # parts of these are dropped too, once uploaded
+        for off in range(0, len(more), MIB):
+            os.pwrite(fd, more[off:off + MIB], len(data) + off)
+        data += more
+        log = m.log_text()
+        assert "committed as it stands" in log and "parts already uploaded dropped" in log
         kill_daemon(m)
         close_quietly(fd)
         m.start()

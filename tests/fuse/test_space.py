@@ -87,37 +87,47 @@ class DiskWatch:
 
 
 def test_writes_past_the_cache_budget_stay_within_it(s3_server, s3_client, bucket, tmp_path):
-    """cp of a file 2.5 times --cache-size, then a rewrite and a read of bytes already dropped
-    locally, before close: the cache disk holds no more than the budget, nothing is lost."""
+    """cp of a file 2.5 times --cache-size; then a file written on, rewritten where its parts
+    were already dropped, read there, and written on again before close: the cache disk holds
+    no more than the budget, and nothing is lost."""
     source = tmp_path / "source.bin"
-    data = bytearray(os.urandom(160 * MIB + 999))
-    source.write_bytes(data)
+    copied = os.urandom(160 * MIB + 999)
+    source.write_bytes(copied)
     cache = tmp_path / "cache"
     m = Mount(s3_server.endpoint, bucket, tmp_path / "mnt", cache, ["--cache-size", "64M"])
     m.start()
     try:
         with DiskWatch(cache) as watch:
-            subprocess.run(["cp", str(source), str(m.path / "big.bin")], check=True)
+            subprocess.run(["cp", str(source), str(m.path / "copied.bin")], check=True)
         assert watch.most <= 64 * MIB, f"the cache took {watch.most / MIB:.1f} MiB"
-        with DiskWatch(cache) as watch, open(m.path / "big.bin", "r+b") as f:
-            f.seek(0, os.SEEK_END)
-            tail = os.urandom(40 * MIB)
-            f.write(tail)
-            data += tail
+        assert "parts already uploaded dropped" in m.log_text()
+        data = bytearray()
+        with DiskWatch(cache) as watch, open(m.path / "edited.bin", "w+b") as f:
+            for _ in range(100):
+                chunk = os.urandom(MIB)
+                f.write(chunk)
+                data += chunk
+            patch = b"patched after its part was dropped"
             f.seek(3 * MIB + 5)
-            f.write(b"patched after its part was dropped")
-            data[3 * MIB + 5:3 * MIB + 39] = b"patched after its part was dropped"
+            f.write(patch)
             f.flush()
-            os.fsync(f.fileno())
+            data[3 * MIB + 5:3 * MIB + 5 + len(patch)] = patch
             f.seek(50 * MIB)
             assert f.read(MIB) == data[50 * MIB:51 * MIB]
+            f.seek(0, os.SEEK_END)
+            tail = os.urandom(60 * MIB)
+            f.write(tail)
+            data += tail
         assert watch.most <= 64 * MIB + 32 * MIB  # + the clean blocks a reader may keep
-        body = s3_client.get_object(Bucket=bucket, Key="big.bin")["Body"].read()
-        assert hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
         assert "committed as it stands" in m.log_text()
+        objects = {"copied.bin": copied, "edited.bin": data}
+        for key, expected in objects.items():
+            body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            assert hashlib.sha256(body).digest() == hashlib.sha256(expected).digest(), key
         m.remount()
-        with open(m.path / "big.bin", "rb") as f:
-            assert hashlib.sha256(f.read()).digest() == hashlib.sha256(data).digest()
+        for key, expected in objects.items():
+            got = hashlib.sha256((m.path / key).read_bytes()).digest()
+            assert got == hashlib.sha256(expected).digest(), key
     finally:
         m.stop()
     assert not m.problems()
