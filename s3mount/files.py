@@ -109,9 +109,9 @@ class FileData:
     async def write(self, inode: Inode, offset: int, data: bytes) -> int:
         async with self.lock(inode):
             staged = await self.stage(inode)
-            if staged.sent_within(offset, offset + len(data)):
-                await self._settle(inode)
             await self.space.admit(inode, len(data), self._spill)
+            if staged.sent_within(offset, offset + len(data)):  # perhaps dropped just now
+                await self._settle(inode)
             written = await self._disk(staged.write, offset, data)
             inode.size = staged.size
             inode.mtime_ns = inode.ctime_ns = staged.written_ns = time.time_ns()

@@ -145,9 +145,7 @@ class Filesystem:
         if inode.is_dir:
             raise errors.IsADirectory(inode.name)
         key = self.table.key(inode)
-        if inode.opens and (inode.etag is not None or inode.staged is not None
-                            and inode.staged.sent):
-            await self.files.materialize(inode)  # an open file stays readable, as on a disk
+        await self._keep_readable(inode)
         # Out of the namespace before the DELETE is awaited: an open(2) racing this unlink
         # then fails with ENOENT instead of finding the object gone under it.
         self.table.detach(inode)
@@ -302,6 +300,13 @@ class Filesystem:
         self.ns.forget_negative(dst_dir, new_name)
         await self._journal_tree(src)
 
+    async def _keep_readable(self, inode: Inode) -> None:
+        """An open file losing its key (unlink, replaced by a rename) stays readable, as on a
+        disk: every byte of it comes local, from its object or its unfinished upload."""
+        staged = inode.staged
+        if inode.opens and (inode.etag is not None or staged is not None and staged.sent):
+            await self.files.materialize(inode)
+
     async def _settle_tree(self, top: Inode) -> None:
         """Commit the files under `top` whose bytes are partly only in an unfinished upload:
         that upload belongs to the old key."""
@@ -322,8 +327,8 @@ class Filesystem:
                 await self.files.journal(node)
 
     async def _rename_file(self, src: Inode, dst: Inode | None, new_key: str) -> None:
-        if dst is not None and dst.opens and dst.etag is not None:
-            await self.files.materialize(dst)  # the replaced file stays readable while open
+        if dst is not None:
+            await self._keep_readable(dst)
         async with self.files.lock(src):
             if src.etag is None:  # not in the bucket yet: the commit will write the new key,
                 if src.staged is not None:  # over what is there now

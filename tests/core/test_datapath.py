@@ -226,7 +226,34 @@ async def test_rename_and_unlink_of_a_file_whose_parts_were_dropped(world, s3_cl
     await fs.release(fh)
     assert "doomed.bin" not in {o["Key"] for o in s3_client.list_objects_v2(
         Bucket=bucket).get("Contents", [])}
+    third = os.urandom(100 * MIB)
+    fh = await write_file(fs, b"replaced.bin", third)
+    other = await write_file(fs, b"new.bin", b"the replacement")
+    await fs.rename(1, b"new.bin", 1, b"replaced.bin", 0)
+    assert await fs.read(fh, 9 * MIB, 4096) == third[9 * MIB:9 * MIB + 4096]
+    await fs.release(fh)
+    await fs.release(other)
+    assert s3_client.get_object(Bucket=bucket, Key="replaced.bin")["Body"].read() == (
+        b"the replacement")
     assert not s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+async def test_a_write_into_a_part_dropped_to_make_room_for_it(world, s3_client, bucket):
+    """The write that passes the budget may go into the very part dropped to make room."""
+    fs, store = world
+    data = bytearray(os.urandom(60 * MIB))
+    fh = await write_file(fs, b"again.bin", bytes(data))
+    for _ in range(200):  # the parts go up in the background
+        if store.calls["upload_part"] >= 7:
+            break
+        await trio.sleep(0.05)
+    for off in range(0, 56 * MIB, 8 * MIB):  # 1 MiB into each uploaded part: past the budget
+        chunk = os.urandom(MIB)
+        await fs.write(fh, off, chunk)
+        data[off:off + MIB] = chunk
+    await fs.flush(fh)
+    await fs.release(fh)
+    assert s3_client.get_object(Bucket=bucket, Key="again.bin")["Body"].read() == data
 
 
 async def test_a_failed_commit_keeps_the_upload_that_holds_dropped_parts(flaky_world,
