@@ -73,6 +73,12 @@ class FuseOperations(pyfuse3.Operations):
         self.fs = fs
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout
+        self.on_init: Callable[[], None] | None = None  # told when the kernel's INIT arrives
+
+    def init(self) -> None:
+        """The kernel's INIT request: from here on the mount answers."""
+        if self.on_init is not None:
+            self.on_init()
 
     def entry(self, inode: Inode) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -119,7 +120,7 @@ def run(config: MountConfig, client: Any, on_ready: Callable[[], None] | None = 
                           "(is /dev/fuse there, and fusermount3 installed?)") from None
     failed = 0
     try:
-        failed = trio.run(_serve, fs, limiters, background, monitor, notifier, on_ready)
+        failed = trio.run(_serve, fs, ops, limiters, background, monitor, notifier, on_ready)
     finally:
         pyfuse3.close(unmount=True)
         lock.close()
@@ -129,9 +130,12 @@ def run(config: MountConfig, client: Any, on_ready: Callable[[], None] | None = 
     return 1 if failed else 0
 
 
-async def _serve(fs: Filesystem, limiters: Limiters, background: Background, monitor: Monitor,
-                 notifier: Notifier, on_ready: Callable[[], None] | None) -> int:
+async def _serve(fs: Filesystem, ops: FuseOperations, limiters: Limiters, background: Background,
+                 monitor: Monitor, notifier: Notifier, on_ready: Callable[[], None] | None,
+                 ) -> int:
     config = monitor.config
+    live = trio.Event()
+    ops.on_init = live.set
     async with trio.open_nursery() as nursery:
         background.nursery = nursery
         async def fuse_main() -> None:
@@ -140,9 +144,13 @@ async def _serve(fs: Filesystem, limiters: Limiters, background: Background, mon
 
         nursery.start_soon(fuse_main)
         nursery.start_soon(_stop_on_signal, fs, monitor, notifier)
-        root = await run_blocking(limiters.disk, os.stat, config.mountpoint)  # once live
-        if config.kernel_readahead:
-            await run_blocking(limiters.disk, set_kernel_readahead, root.st_dev,
+        # Live once the kernel's INIT is answered.  Never a request to our own mount from here:
+        # a thread waiting for its answer cannot die, so a SIGKILL meanwhile would leave the
+        # daemon hung in the kernel until someone aborts the connection.
+        await live.wait()
+        device = await run_blocking(limiters.disk, mount_device, monitor.path)
+        if config.kernel_readahead and device is not None:
+            await run_blocking(limiters.disk, set_kernel_readahead, device,
                                config.kernel_readahead)
         await nursery.start(status.serve_socket, monitor)
         if config.metrics_port:
@@ -156,6 +164,20 @@ async def _serve(fs: Filesystem, limiters: Limiters, background: Background, mon
             nursery.start_soon(_report_status, monitor, notifier)
     with trio.CancelScope(shield=True):
         return await upload_all(fs, monitor, notifier)
+
+
+def mount_device(path: str) -> int | None:
+    """The device number of the (last) mount at `path`, read from /proc/self/mountinfo, which
+    asks nothing of the mount itself."""
+    device = None
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+        for line in table:
+            fields = line.split()
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+            if point == path:
+                major, minor = fields[2].split(":")
+                device = os.makedev(int(major), int(minor))
+    return device
 
 
 def set_kernel_readahead(device: int, size: int) -> None:

@@ -821,3 +821,11 @@ def test_fast_timestamps_equal_botocores(value):
 
     assert parse_timestamp(value).timestamp() == botocore.utils.parse_timestamp(value).timestamp()
     assert parse_timestamp(value).tzinfo is not None
+
+
+def test_mount_device_reads_the_mount_table_not_the_mount():
+    from s3mount.mount import mount_device
+
+    assert mount_device("/") == os.stat("/").st_dev
+    assert mount_device("/proc") == os.stat("/proc").st_dev
+    assert mount_device("/no/such/mount/point") is None
