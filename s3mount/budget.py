@@ -2,11 +2,11 @@
 
 `--cache-size` bounds what the mount keeps on the cache disk.  Clean blocks give way first (the
 block cache's LRU is told how much staged data holds).  When staged data alone would pass the
-budget, the writer's own file is committed as it stands, as an `fsync` would, so its local copy
-can be dropped and fetched again if needed; the next commit copies those bytes server-side.  A
-writer that cannot make room that way gets ENOSPC, and so does any write that would take the
-disk below MIN_FREE, whoever filled it.  Nothing already written is ever dropped before it is in
-the bucket.
+budget, the writer's own file makes room (`FileData._spill`): the local copy of its parts
+already uploaded is dropped, or else the file is committed as it stands and its local copy
+dropped.  A writer that cannot make room that way gets ENOSPC, and so does any write that would
+take the disk below MIN_FREE, whoever filled it.  Nothing already written is ever dropped before
+it is in the bucket (in an object, or in a part of the file's open multipart upload).
 
 `admit` runs on the trio thread with the writer's inode lock held; it measures the disk only
 every `check_every` bytes written, so a write usually costs one addition here.
