@@ -199,6 +199,7 @@ class FileData:
             return
         key = self.namespace.key(inode)
         expect = staged.expect if self.conditional else None
+        conflict: Stale | None = None
         try:
             if staged.upload is None and staged.size <= self.uploader.single_put_limit:
                 await self._fill_gaps(inode, staged, 0, staged.size)
@@ -210,13 +211,15 @@ class FileData:
             if not staged.sent:
                 await self._keep_as_conflict(inode, staged, key)
                 raise
-            etag = await self._overrule_conflict(inode, staged, key)
+            etag, conflict = await self._overrule_conflict(inode, staged, key)
         staged.committed(etag)
         await self._disk(staged.forget_journal)
         inode.etag, inode.size = etag, staged.size
         inode.fetched_at = time.monotonic()
         inode.meta_known = True
         log.debug("committed %s (%d bytes)", key, staged.size)
+        if conflict is not None:
+            raise conflict
 
     async def settle(self, inode: Inode) -> None:
         """Commit a file some of whose bytes are only in its unfinished upload, so they can be
@@ -303,22 +306,20 @@ class FileData:
         inode.fetched_at = 0.0  # the next open sees the other client's version
         return
 
-    async def _overrule_conflict(self, inode: Inode, staged: StagedFile, key: str) -> str:
+    async def _overrule_conflict(self, inode: Inode, staged: StagedFile,
+                                 key: str) -> tuple[str, Stale]:
         """Another client changed the object while part of ours existed only in its unfinished
         upload (dropped locally to stay within the cache budget), so ours cannot be set aside:
-        theirs is copied beside it, and ours completes over the key.  Both are kept; the commit
-        still reports the conflict."""
+        theirs is copied beside it, and ours completes over the key.  Both are kept; returns
+        our new ETag and the conflict the commit still reports."""
         theirs = await self.store.head(key)
         target = conflict_key(key)
         if theirs is not None:
             await self.store.copy(key, target, theirs.size, None)
         etag = await self._commit_multipart(inode, staged, key, None)
-        staged.committed(etag)
-        await self._disk(staged.forget_journal)
-        inode.etag, inode.size = etag, staged.size
         log.warning("%s was changed in the bucket by another client while ours was being "
                     "written; theirs is kept as %s, ours is at %s", key, target, key)
-        raise Stale(f"{key} was changed by another client; theirs is kept as {target}")
+        return etag, Stale(f"{key} was changed by another client; theirs is kept as {target}")
 
     async def _commit_multipart(self, inode: Inode, staged: StagedFile, key: str,
                                 expect: str | None) -> str:
@@ -380,6 +381,8 @@ class FileData:
                 await self._disk(staged.close)
         if inode.opens == 0 and inode.staged is None:
             self._locks.pop(inode.ino, None)
+        if not self.space.live:
+            self.cache.reserve(0)  # nothing staged: clean blocks may use the whole budget
 
     def retry_later(self, inode: Inode) -> None:
         """Keep trying to upload a file whose commit failed, with backoff, in the background."""
