@@ -105,7 +105,8 @@ def s3fs_mount(endpoint: str, bucket: str, path, passwd) -> None:  # type: ignor
     passwd.write_text(f"{ACCESS_KEY}:{SECRET_KEY}\n")
     passwd.chmod(0o600)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    subprocess.run(["s3fs", bucket, str(path), "-o", f"url={endpoint}", "-o", "use_path_request_style",
+    subprocess.run(["s3fs", bucket, str(path), "-o", f"url={endpoint}",
+                    "-o", "use_path_request_style",
                     "-o", f"passwd_file={passwd}", "-o", "stat_cache_expire=1",
                     "-o", "enable_noobj_cache"],
                    check=True, env=env, capture_output=True, text=True, timeout=60)
