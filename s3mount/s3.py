@@ -72,6 +72,7 @@ ERROR_TABLE: dict[str, type[errors.FsError]] = {
     "EntityTooLarge": errors.FileTooBig,
     "InvalidRange": errors.InvalidArgument,
     "InvalidArgument": errors.InvalidArgument,
+    "NotImplemented": errors.NotSupported,
 }
 
 
@@ -211,6 +212,7 @@ class S3Store:
                  args: RequestArgs | None = None) -> None:
         self.client = client
         self.args = args or RequestArgs(MountConfig(bucket, prefix, ""))
+        self.part_copies = True  # False: UploadPartCopy refused, parts are read and sent
         # Checksums of the parts of unfinished uploads: (upload id, number) -> base64.
         self._part_sums: dict[tuple[str, int], str] = {}
         self.bucket = bucket
@@ -400,10 +402,17 @@ class S3Store:
 
     async def upload_part(self, key: str, upload_id: str, number: int, path: str, offset: int,
                           length: int) -> str:
-        def upload() -> dict[str, Any]:
+        def read() -> bytes:
             with open(path, "rb") as f:
                 f.seek(offset)
-                body = f.read(length)
+                return f.read(length)
+
+        return await self._send_part(key, upload_id, number, read, length)
+
+    async def _send_part(self, key: str, upload_id: str, number: int,
+                         body_of: Callable[[], bytes], length: int) -> str:
+        def upload() -> dict[str, Any]:
+            body = body_of()
             extra = self.args.part(body)
             resp = self.client.upload_part(Bucket=self.bucket, Key=self._full(key),
                                            UploadId=upload_id, PartNumber=number, Body=body,
@@ -418,15 +427,30 @@ class S3Store:
 
     async def upload_part_copy(self, key: str, upload_id: str, number: int, source: str,
                                start: int, end: int, source_etag: str | None) -> str:
-        """Part `number` copied server-side from bytes [start, end) of object `source`."""
+        """Part `number` copied server-side from bytes [start, end) of object `source`; or, where
+        the endpoint cannot copy it (SeaweedFS refuses a copy from an SSE-C source), read and
+        sent again."""
+        if not self.part_copies:
+            data = await self.get_range(source, start, end, source_etag)
+            return await self._send_part(key, upload_id, number, lambda: data, len(data))
         kwargs: dict[str, Any] = {
             "Bucket": self.bucket, "Key": self._full(key), "UploadId": upload_id,
             "PartNumber": number, "CopySource": {"Bucket": self.bucket, "Key": self._full(source)},
             "CopySourceRange": f"bytes={start}-{end - 1}", **self.args.part_copy()}
         if source_etag:
             kwargs["CopySourceIfMatch"] = f'"{source_etag}"'
-        resp = await self._call(f"PART-COPY {number} of {key}", self.client.upload_part_copy,
-                                **kwargs)
+        try:
+            resp = await self._call(f"PART-COPY {number} of {key}",
+                                    self.client.upload_part_copy, **kwargs)
+        except errors.NotSupported:
+            if not self.args.config.sse_customer_key:
+                raise
+            if self.part_copies:
+                log.info("the endpoint cannot copy parts of SSE-C objects: such parts are read "
+                         "and sent again")
+            self.part_copies = False
+            return await self.upload_part_copy(key, upload_id, number, source, start, end,
+                                               source_etag)
         result = resp.get("CopyPartResult", {})
         self._remember_checksum(upload_id, number, result)
         return _etag(result)
