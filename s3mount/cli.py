@@ -212,7 +212,7 @@ def build_parser() -> Parser:
     p.add_argument("--metrics-port", type=port, default=None,
                    help="serve Prometheus metrics on 127.0.0.1:PORT/metrics")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[=VAL],...",
-                   help="any option above as key=value, plus fstab options such as _netdev")
+                   help="any long option as key=value, plus fstab options such as _netdev")
     return p
 
 
