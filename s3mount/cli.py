@@ -19,7 +19,6 @@ import os
 import re
 import subprocess
 import sys
-import urllib.parse
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -29,7 +28,14 @@ from s3mount.credentials import Keys, check_private, read_passwd_file, read_sse_
 from s3mount.errors import ConfigError
 from s3mount.logsetup import on_journal, setup_logging  # noqa: F401 - part of the CLI
 from s3mount.mounthelper import become_user, is_mount_helper, mount_helper_args
-from s3mount.requestargs import CHECKSUMS, SSE_MODES, check_options
+from s3mount.requestargs import (
+    CHECKSUMS,
+    SSE_MODES,
+    check_options,
+    content_type,
+    proxy_url,
+    storage_class,
+)
 
 log = logging.getLogger("s3mount")
 
@@ -98,30 +104,6 @@ def port(text: str) -> int:
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number")
     return int(value)
-
-
-def storage_class(text: str) -> str:
-    if not re.fullmatch(r"[A-Z][A-Z0-9_]{0,63}", text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a storage class such as STANDARD_IA")
-    return text
-
-
-def content_type(text: str) -> str:
-    if text != "auto" and not re.fullmatch(r"[\w.+-]+/[\w.+-]+", text):
-        raise argparse.ArgumentTypeError(f"{text!r} is neither auto nor a type such as text/plain")
-    return text
-
-
-def proxy_url(text: str) -> str:
-    parts = urllib.parse.urlsplit(text)
-    try:
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        parts = parts._replace(netloc="")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a proxy URL such as "
-                                         "http://proxy.example:3128")
-    return text
 
 
 def build_parser() -> Parser:

@@ -19,14 +19,18 @@ that decides which request carries what.
 - Requester pays is a header on every request, added by `s3.build_client` from
   `every_request_headers`, so even requests whose model lacks it (HEAD of the bucket) carry it.
 `headers_for_read` gives the same as raw HTTP headers, for requests sent without boto3.
+The checks of the options' values (argparse types, `check_options`) live here too.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import hashlib
 import importlib.util
 import mimetypes
+import re
+import urllib.parse
 from typing import Any
 
 from s3mount.config import MountConfig
@@ -36,6 +40,33 @@ SSE_MODES = ("AES256", "aws:kms")
 CHECKSUMS = ("off", "sha256", "crc32c")
 UNREADABLE_CLASSES = {"GLACIER", "DEEP_ARCHIVE"}  # a GET needs a restore first
 DEFAULT_TYPE = "application/octet-stream"  # what `auto` gives a name mimetypes does not know
+
+
+# -- the values the command line accepts (argparse types) -----------------------------------------
+
+
+def storage_class(text: str) -> str:
+    if not re.fullmatch(r"[A-Z][A-Z0-9_]{0,63}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a storage class such as STANDARD_IA")
+    return text
+
+
+def content_type(text: str) -> str:
+    if text != "auto" and not re.fullmatch(r"[\w.+-]+/[\w.+-]+", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is neither auto nor a type such as text/plain")
+    return text
+
+
+def proxy_url(text: str) -> str:
+    parts = urllib.parse.urlsplit(text)
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        parts = parts._replace(netloc="")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a proxy URL such as "
+                                         "http://proxy.example:3128")
+    return text
 
 
 def check_options(config: MountConfig) -> None:
