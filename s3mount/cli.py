@@ -24,10 +24,18 @@ from typing import Any, NoReturn
 
 from s3mount import __version__, notify
 from s3mount.config import MountConfig
-from s3mount.credentials import Keys, check_private, read_passwd_file
+from s3mount.credentials import Keys, check_private, read_passwd_file, read_sse_c_key
 from s3mount.errors import ConfigError
 from s3mount.logsetup import on_journal, setup_logging  # noqa: F401 - part of the CLI
 from s3mount.mounthelper import become_user, is_mount_helper, mount_helper_args
+from s3mount.requestargs import (
+    CHECKSUMS,
+    SSE_MODES,
+    check_options,
+    content_type,
+    proxy_url,
+    storage_class,
+)
 
 log = logging.getLogger("s3mount")
 
@@ -36,7 +44,7 @@ IGNORED_OPTIONS = {"rw", "defaults", "auto", "noauto", "user", "nouser", "users"
                    "nofail", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime",
                    "noatime", "relatime", "nodiratime", "async", "sync"}
 FLAG_OPTIONS = {"foreground", "read_only", "allow_other", "no_verify_ssl",
-                "no_conditional_writes", "trust_listings"}
+                "no_conditional_writes", "trust_listings", "requester_pays"}
 OPTION_ALIASES = {"ro": "read_only", "f": "foreground"}
 BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
 # Keys a --config file may hold besides the options: what to mount, and keys kept off argv.
@@ -158,12 +166,35 @@ def build_parser() -> Parser:
                    help="seconds to wait for a response before the request is retried")
     p.add_argument("--max-attempts", type=positive(int), default=5,
                    help="attempts per request (with backoff) before the call fails with EIO")
+    g = p.add_argument_group("provider options", "sent on every request that needs them, "
+                             "copies included")
+    g.add_argument("--sse", choices=SSE_MODES, help="server-side encryption with S3's keys: "
+                   "AES256 (SSE-S3) or aws:kms (SSE-KMS)")
+    g.add_argument("--sse-kms-key-id", metavar="KEY", help="the KMS key of --sse aws:kms "
+                   "(default: the account's S3 key)")
+    g.add_argument("--sse-c-key-file", metavar="FILE", help="SSE-C: encrypt with your own key, "
+                   "32 bytes or their base64 in FILE (mode 600, yours); every object the mount "
+                   "reads must be encrypted with it")
+    g.add_argument("--storage-class", type=storage_class, metavar="CLASS",
+                   help="storage class of new objects, kept across copies, e.g. STANDARD_IA")
+    g.add_argument("--requester-pays", action="store_true",
+                   help="accept the charges of a Requester Pays bucket (x-amz-request-payer on "
+                   "every request)")
+    g.add_argument("--content-type", type=content_type, metavar="auto|TYPE",
+                   help="Content-Type of files: auto guesses it from the name (mimetypes; "
+                   "application/octet-stream when unknown, guessed again on rename); default: "
+                   "none sent, so the service's default")
+    g.add_argument("--proxy", type=proxy_url, metavar="URL",
+                   help="send every request through this HTTP proxy")
+    g.add_argument("--checksum", choices=CHECKSUMS, default="off",
+                   help="x-amz-checksum-* of every upload, checked by the service: sha256, or "
+                   "crc32c (needs the awscrt package)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    default="info")
     p.add_argument("--metrics-port", type=port, default=None,
                    help="serve Prometheus metrics on 127.0.0.1:PORT/metrics")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[=VAL],...",
-                   help="any option above as key=value, plus fstab options such as _netdev")
+                   help="any long option as key=value, plus fstab options such as _netdev")
     return p
 
 
@@ -391,8 +422,10 @@ def make_config(argv: list[str]) -> MountConfig:
     if ca_bundle and not os.path.isfile(ca_bundle):
         raise ConfigError(f"CA bundle {args.ca_bundle} is not a file")
     keys = resolve_keys(args, file, bucket)
+    sse_key = read_sse_c_key(os.path.abspath(args.sse_c_key_file)) if args.sse_c_key_file \
+        else None
     extra = {k: getattr(args, k) for k in ("uid", "gid") if getattr(args, k) is not None}
-    return MountConfig(
+    config = MountConfig(
         bucket=bucket, prefix=f"{prefix}/" if prefix else "", mountpoint=mountpoint,
         endpoint_url=args.endpoint_url, region=args.region, profile=args.profile,
         addressing_style=args.addressing_style, signature_version=args.signature_version,
@@ -405,7 +438,12 @@ def make_config(argv: list[str]) -> MountConfig:
         verify_ssl=not args.no_verify_ssl, metrics_port=args.metrics_port,
         conditional_writes=not args.no_conditional_writes, trust_listings=args.trust_listings,
         connect_timeout=args.connect_timeout, read_timeout=args.read_timeout,
-        max_attempts=max(1, args.max_attempts), **extra)
+        max_attempts=max(1, args.max_attempts), sse=args.sse,
+        sse_kms_key_id=args.sse_kms_key_id, sse_customer_key=sse_key,
+        storage_class=args.storage_class, requester_pays=args.requester_pays,
+        content_type=args.content_type, proxy=args.proxy, checksum=args.checksum, **extra)
+    check_options(config)
+    return config
 
 
 def start(config: MountConfig) -> int:

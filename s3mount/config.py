@@ -56,6 +56,15 @@ class MountConfig:
     ca_bundle: str | None = None
     verify_ssl: bool = True
     metrics_port: int | None = None  # Prometheus text on 127.0.0.1, when given
+    # Provider options: what every request that needs them carries (see requestargs).
+    sse: str | None = None  # "AES256" or "aws:kms": server-side encryption with S3's keys
+    sse_kms_key_id: str | None = None
+    sse_customer_key: bytes | None = field(default=None, repr=False)  # SSE-C, 32 bytes
+    storage_class: str | None = None
+    requester_pays: bool = False
+    content_type: str | None = None  # None: S3's default; "auto": guessed from the name
+    proxy: str | None = None  # http(s) proxy URL for every request
+    checksum: str = "off"  # "sha256" or "crc32c": x-amz-checksum-* on every upload
 
     def cache_budget(self) -> int:
         """Bytes the block cache may hold: the option, or a share of the disk that never

@@ -1,4 +1,5 @@
-"""Access keys given to s3mount itself: the `--passwd-file` (s3fs's format) and config-file keys.
+"""Secrets given to s3mount itself: the `--passwd-file` (s3fs's format), config-file keys, and
+the SSE-C key file.
 
 boto3's own chain (environment, `~/.aws/credentials` and `~/.aws/config`, `--profile`) needs
 nothing here.  Keys read here live in a `Keys` object whose `repr` and `str` hide the secret, so
@@ -9,6 +10,8 @@ file and the line number, never the content.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import stat
 from dataclasses import dataclass, field
@@ -73,3 +76,28 @@ def read_passwd_file(path: str, bucket: str) -> Keys:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read passwd file {path}: {exc}") from None
     return parse_passwd(text, bucket, path)
+
+
+SSE_C_KEY_BYTES = 32  # AES-256
+
+
+def read_sse_c_key(path: str) -> bytes:
+    """The SSE-C key: a private file holding the 32 bytes themselves (as s3fs's key files do,
+    one line of 32 characters) or their base64; one trailing newline is allowed."""
+    check_private(path, "SSE-C key file")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(4096)
+    except OSError as exc:
+        raise ConfigError(f"cannot read SSE-C key file {path}: {exc.strerror}") from None
+    text = data[:-1] if data.endswith(b"\n") else data
+    if len(text) == SSE_C_KEY_BYTES:
+        return text
+    try:
+        key = base64.b64decode(text, validate=True)
+    except (ValueError, binascii.Error):
+        key = b""
+    if len(key) != SSE_C_KEY_BYTES:
+        raise ConfigError(f"SSE-C key file {path} must hold a 32-byte key, or its base64 "
+                          f"(44 characters); it holds {len(text)} bytes", status=2)
+    return key

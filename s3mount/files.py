@@ -183,7 +183,8 @@ class FileData:
     # -- committing ----------------------------------------------------------------------------
 
     def metadata(self, inode: Inode) -> dict[str, str]:
-        meta = encode_attrs(PosixAttrs(inode.mode, inode.uid, inode.gid, inode.mtime_ns))
+        meta = encode_attrs(PosixAttrs(inode.mode, inode.uid, inode.gid, inode.mtime_ns,
+                                       inode.rdev))
         if inode.xattrs:
             meta["xattr"] = encode_xattrs(inode.xattrs)
         return meta

@@ -27,6 +27,7 @@ from s3mount.namespace import Namespace
 from s3mount.store import (
     DIRECTORY_CONTENT_TYPE,
     EXPECT_ABSENT,
+    SPECIAL_KINDS,
     ObjectStore,
     PosixAttrs,
     encode_attrs,
@@ -154,22 +155,27 @@ class Filesystem:
 
     async def symlink(self, parent_ino: int, raw: bytes, target: bytes, uid: int,
                       gid: int) -> Inode:
+        try:
+            text = target.decode("utf-8")
+        except UnicodeDecodeError:
+            raise errors.InvalidName("a symlink target must be UTF-8") from None
+        attrs = PosixAttrs(stat.S_IFLNK | 0o777, uid, gid, time.time_ns())
+        return await self._make_object(parent_ino, raw, attrs, target, target=text)
+
+    async def _make_object(self, parent_ino: int, raw: bytes, attrs: PosixAttrs, body: bytes,
+                           **fields: object) -> Inode:
+        """A new symlink, FIFO, socket or device: one PUT of its body with its attributes."""
         self.writable()
         parent = self.directory(parent_ino)
         name = self.new_name(parent, raw)
         if await self._exists(parent, name) is not None:
             raise errors.Exists(name)
-        try:
-            text = target.decode("utf-8")
-        except UnicodeDecodeError:
-            raise errors.InvalidName("a symlink target must be UTF-8") from None
-        now = time.time_ns()
-        attrs = PosixAttrs(stat.S_IFLNK | 0o777, uid, gid, now)
-        key = join(self.table.key(parent), name)
-        etag = await self.store.put(key, target, encode_attrs(attrs))
-        inode = self.table.add(parent.ino, name, attrs.mode, uid, gid, size=len(target),
-                               mtime_ns=now, ctime_ns=now, etag=etag, target=text,
-                               fetched_at=time.monotonic())
+        etag = await self.store.put(join(self.table.key(parent), name), body,
+                                    encode_attrs(attrs))
+        inode = self.table.add(parent.ino, name, attrs.mode, attrs.uid, attrs.gid,
+                               size=len(body), mtime_ns=attrs.mtime_ns, ctime_ns=attrs.mtime_ns,
+                               etag=etag, rdev=attrs.rdev, fetched_at=time.monotonic(),
+                               **fields)
         self.ns.forget_negative(parent, name)
         return inode
 
@@ -185,9 +191,17 @@ class Filesystem:
     async def link(self) -> Inode:
         raise errors.NotPermitted("hard links cannot be stored in S3")
 
-    async def mknod(self, parent_ino: int, raw: bytes, mode: int, uid: int, gid: int) -> Inode:
-        if not stat.S_ISREG(mode):
-            raise errors.NotSupported("device files, FIFOs and sockets cannot be stored in S3")
+    async def mknod(self, parent_ino: int, raw: bytes, mode: int, rdev: int, uid: int,
+                    gid: int) -> Inode:
+        """A FIFO, socket or device is an empty object whose mode (and rdev) say what it is,
+        as s3fs-fuse stores them; a regular file is created as by open(O_CREAT)."""
+        kind = stat.S_IFMT(mode)
+        if kind in SPECIAL_KINDS:
+            device = rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0
+            attrs = PosixAttrs(kind | (mode & 0o7777), uid, gid, time.time_ns(), device)
+            return await self._make_object(parent_ino, raw, attrs, b"")
+        if kind != stat.S_IFREG:
+            raise errors.NotSupported(f"file type {kind:o} cannot be stored")
         handle, inode = await self.create(parent_ino, raw, mode, os.O_WRONLY, 0, uid, gid)
         try:
             await self.flush(handle.fh)

@@ -88,6 +88,7 @@ class FuseOperations(pyfuse3.Operations):
         attr.st_nlink = 2 if inode.is_dir else 1
         attr.st_uid = inode.uid
         attr.st_gid = inode.gid
+        attr.st_rdev = inode.rdev
         attr.st_size = 0 if inode.is_dir else inode.size
         attr.st_blksize = 512 * 1024
         attr.st_blocks = (attr.st_size + 511) // 512
@@ -178,7 +179,8 @@ class FuseOperations(pyfuse3.Operations):
 
     @boundary
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        return self.remembered(await self.fs.mknod(parent_inode, name, mode, ctx.uid, ctx.gid))
+        return self.remembered(
+            await self.fs.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid))
 
     @boundary
     async def statfs(self, ctx):

@@ -34,6 +34,7 @@ class Inode:
     fetched_at: float = 0.0  # monotonic time the bucket last confirmed these attributes
     has_marker: bool = False  # directories: a `dir/` marker object exists
     target: str | None = None  # symlinks
+    rdev: int = 0  # devices
     lookups: int = 0
     opens: int = 0
     unlinked: bool = False

@@ -34,6 +34,7 @@ from s3mount.inodes import InodeTable
 from s3mount.namespace import Namespace
 from s3mount.notify import Notifier
 from s3mount.recovery import Recovery
+from s3mount.requestargs import RequestArgs
 from s3mount.s3 import S3Store
 from s3mount.status import Monitor, human_bytes
 from s3mount.uploader import Uploader
@@ -102,7 +103,7 @@ def recover(config: MountConfig, fs: Filesystem) -> None:
 def run(config: MountConfig, client: Any, on_ready: Callable[[], None] | None = None) -> int:
     heap.return_big_buffers()  # before any worker thread makes an arena
     limiters = Limiters(config.max_concurrency)
-    store = S3Store(client, config.bucket, config.prefix, limiters.s3)
+    store = S3Store(client, config.bucket, config.prefix, limiters.s3, RequestArgs(config))
     background = Background()
     fs = build_filesystem(config, store, limiters, background)
     lock = lock_cache_dir(config.cache_path())

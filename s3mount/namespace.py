@@ -29,7 +29,7 @@ from s3mount.store import (
     ObjectStore,
     decode_attrs,
     decode_xattrs,
-    is_symlink_meta,
+    object_kind,
 )
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class Namespace:
             inode.etag = info.etag
         else:
             inode.has_marker = True
-        inode.mode, inode.uid, inode.gid = attrs.mode, attrs.uid, attrs.gid
+        inode.mode, inode.uid, inode.gid, inode.rdev = attrs.mode, attrs.uid, attrs.gid, attrs.rdev
         inode.mtime_ns = inode.ctime_ns = attrs.mtime_ns
         inode.meta_known = info.metadata is not None
         if info.metadata is not None:
@@ -310,7 +310,7 @@ class Namespace:
         if found.marker is not None or found.has_children:
             kind, info = stat.S_IFDIR, found.marker
         elif found.obj is not None:
-            kind = stat.S_IFLNK if is_symlink_meta(found.obj.metadata) else stat.S_IFREG
+            kind = object_kind(found.obj.metadata)
             info = found.obj
         else:
             if child is not None:

@@ -44,6 +44,7 @@ from botocore.exceptions import (
 from s3mount import errors
 from s3mount.blocking import run_blocking
 from s3mount.config import MountConfig
+from s3mount.requestargs import RequestArgs
 from s3mount.store import EXPECT_ABSENT, ListPage, ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ ERROR_TABLE: dict[str, type[errors.FsError]] = {
     "EntityTooLarge": errors.FileTooBig,
     "InvalidRange": errors.InvalidArgument,
     "InvalidArgument": errors.InvalidArgument,
+    "NotImplemented": errors.NotSupported,
 }
 
 
@@ -131,6 +133,7 @@ def build_client(config: MountConfig) -> Any:
         connect_timeout=config.connect_timeout,
         read_timeout=config.read_timeout,
         max_pool_connections=config.max_concurrency,
+        proxies={"http": config.proxy, "https": config.proxy} if config.proxy else None,
         # Many S3-compatible services reject the CRC headers newer botocore adds by default.
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
@@ -143,6 +146,13 @@ def build_client(config: MountConfig) -> Any:
                                  status=2) from None
     # "Expect: 100-continue" costs every upload a second round trip; S3 does not need it.
     client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
+    headers = RequestArgs(config).every_request_headers()
+    if headers:  # on every request, even those whose model lacks them (HEAD of the bucket)
+        def add_headers(request: Any, **_: Any) -> None:
+            for name, value in headers.items():
+                request.headers[name] = value
+
+        client.meta.events.register("before-sign.s3", add_headers)
     return client
 
 
@@ -198,8 +208,13 @@ class RequestStats:
 class S3Store:
     """An S3 bucket, or a prefix of one, as an `ObjectStore`."""
 
-    def __init__(self, client: Any, bucket: str, prefix: str, limiter: Any) -> None:
+    def __init__(self, client: Any, bucket: str, prefix: str, limiter: Any,
+                 args: RequestArgs | None = None) -> None:
         self.client = client
+        self.args = args or RequestArgs(MountConfig(bucket, prefix, ""))
+        self.part_copies = True  # False: UploadPartCopy refused, parts are read and sent
+        # Checksums of the parts of unfinished uploads: (upload id, number) -> base64.
+        self._part_sums: dict[tuple[str, int], str] = {}
         self.bucket = bucket
         self.prefix = prefix
         self.limiter = limiter
@@ -236,7 +251,7 @@ class S3Store:
     async def head(self, key: str) -> ObjectInfo | None:
         try:
             resp = await self._call(f"HEAD {key}", self.client.head_object,
-                                    Bucket=self.bucket, Key=self._full(key))
+                                    Bucket=self.bucket, Key=self._full(key), **self.args.read())
         except errors.NotFound:
             return None
         return ObjectInfo(key, int(resp["ContentLength"]), _etag(resp),
@@ -264,7 +279,7 @@ class S3Store:
     def _range_args(self, key: str, start: int, end: int, etag: str | None) -> dict[str, Any]:
         """GetObject's arguments for bytes [start, end), pinned to `etag` when given."""
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key),
-                                  "Range": f"bytes={start}-{end - 1}"}
+                                  "Range": f"bytes={start}-{end - 1}", **self.args.read()}
         if etag:
             kwargs["IfMatch"] = f'"{etag}"'
         return kwargs
@@ -322,7 +337,7 @@ class S3Store:
     async def put(self, key: str, body: bytes, metadata: dict[str, str],
                   content_type: str | None = None) -> str:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key), "Body": body,
-                                  "Metadata": metadata}
+                                  "Metadata": metadata, **self.args.put(key, body, False)}
         if content_type:
             kwargs["ContentType"] = content_type
         etag = _etag(await self._call(f"PUT {key}", self.client.put_object, **kwargs))
@@ -336,7 +351,8 @@ class S3Store:
             with open(path, "rb") as f:
                 body = f.read(size)
             return self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=body,
-                                          Metadata=metadata, **_condition(expect))
+                                          Metadata=metadata, **_condition(expect),
+                                          **self.args.put(key, body, True))
 
         etag = _etag(await self._call(f"PUT {key}", upload))
         self.stats.bytes_out += size
@@ -345,9 +361,14 @@ class S3Store:
     async def copy(self, src: str, dst: str, size: int, metadata: dict[str, str] | None) -> str:
         """Server-side copy; `metadata` replaces the source's when given."""
         source = {"Bucket": self.bucket, "Key": self._full(src)}
-        extra: dict[str, Any] = {}
+        if metadata is None and src != dst and self.args.retypes(src, dst):
+            # A new name of another type (--content-type auto): the copy gets the new type,
+            # which only a copy replacing the metadata can set.
+            info = await self.head(src)
+            metadata = info.metadata if info is not None else None
+        extra = self.args.copy(dst, metadata is not None)
         if metadata is not None:
-            extra = {"Metadata": metadata, "MetadataDirective": "REPLACE"}
+            extra.update(Metadata=metadata, MetadataDirective="REPLACE")
         if size < MAX_COPY_OBJECT:
             resp = await self._call(f"COPY {src} -> {dst}", self.client.copy_object,
                                     CopySource=source, Bucket=self.bucket, Key=self._full(dst),
@@ -375,44 +396,105 @@ class S3Store:
 
     async def create_multipart(self, key: str, metadata: dict[str, str]) -> str:
         resp = await self._call(f"CREATE-MPU {key}", self.client.create_multipart_upload,
-                                Bucket=self.bucket, Key=self._full(key), Metadata=metadata)
+                                Bucket=self.bucket, Key=self._full(key), Metadata=metadata,
+                                **self.args.create_multipart(key))
         return str(resp["UploadId"])
 
     async def upload_part(self, key: str, upload_id: str, number: int, path: str, offset: int,
                           length: int) -> str:
-        def upload() -> dict[str, Any]:
+        def read() -> bytes:
             with open(path, "rb") as f:
                 f.seek(offset)
-                body = f.read(length)
-            return self.client.upload_part(Bucket=self.bucket, Key=self._full(key),
-                                           UploadId=upload_id, PartNumber=number, Body=body)
+                return f.read(length)
 
-        etag = _etag(await self._call(f"PART {number} of {key}", upload))
+        return await self._send_part(key, upload_id, number, read, length)
+
+    async def _send_part(self, key: str, upload_id: str, number: int,
+                         body_of: Callable[[], bytes], length: int) -> str:
+        def upload() -> dict[str, Any]:
+            body = body_of()
+            extra = self.args.part(body)
+            resp = self.client.upload_part(Bucket=self.bucket, Key=self._full(key),
+                                           UploadId=upload_id, PartNumber=number, Body=body,
+                                           **extra)
+            return {**resp, **extra}  # the checksum sent is the part's
+
+        resp = await self._call(f"PART {number} of {key}", upload)
+        self._remember_checksum(upload_id, number, resp)
+        etag = _etag(resp)
         self.stats.bytes_out += length
         return etag
 
     async def upload_part_copy(self, key: str, upload_id: str, number: int, source: str,
                                start: int, end: int, source_etag: str | None) -> str:
-        """Part `number` copied server-side from bytes [start, end) of object `source`."""
+        """Part `number` copied server-side from bytes [start, end) of object `source`; or, where
+        the endpoint cannot copy it (SeaweedFS refuses a copy from an SSE-C source), read and
+        sent again."""
+        if not self.part_copies:
+            data = await self.get_range(source, start, end, source_etag)
+            return await self._send_part(key, upload_id, number, lambda: data, len(data))
         kwargs: dict[str, Any] = {
             "Bucket": self.bucket, "Key": self._full(key), "UploadId": upload_id,
             "PartNumber": number, "CopySource": {"Bucket": self.bucket, "Key": self._full(source)},
-            "CopySourceRange": f"bytes={start}-{end - 1}"}
+            "CopySourceRange": f"bytes={start}-{end - 1}", **self.args.part_copy()}
         if source_etag:
             kwargs["CopySourceIfMatch"] = f'"{source_etag}"'
-        resp = await self._call(f"PART-COPY {number} of {key}", self.client.upload_part_copy,
-                                **kwargs)
-        return _etag(resp.get("CopyPartResult", {}))
+        try:
+            resp = await self._call(f"PART-COPY {number} of {key}",
+                                    self.client.upload_part_copy, **kwargs)
+        except errors.NotSupported:
+            if not self.args.config.sse_customer_key:
+                raise
+            if self.part_copies:
+                log.info("the endpoint cannot copy parts of SSE-C objects: such parts are read "
+                         "and sent again")
+            self.part_copies = False
+            return await self.upload_part_copy(key, upload_id, number, source, start, end,
+                                               source_etag)
+        result = resp.get("CopyPartResult", {})
+        self._remember_checksum(upload_id, number, result)
+        return _etag(result)
+
+    def _remember_checksum(self, upload_id: str, number: int, resp: dict[str, Any]) -> None:
+        checksum = self.args.part_checksum(resp)
+        if checksum:
+            self._part_sums[(upload_id, number)] = checksum
+
+    async def _part_checksums(self, key: str, upload_id: str,
+                              numbers: list[int]) -> dict[int, str | None]:
+        """Each part's checksum for the completion: as sent, or as the server lists it (parts
+        sent by an earlier run of the mount, before a crash)."""
+        if self.args.algorithm is None:
+            return {}
+        sums = {n: self._part_sums.pop((upload_id, n), None) for n in numbers}
+        if any(v is None for v in sums.values()):
+            marker = 0
+            while True:
+                resp = await self._call(f"LIST-PARTS {key}", self.client.list_parts,
+                                        Bucket=self.bucket, Key=self._full(key),
+                                        UploadId=upload_id, PartNumberMarker=marker,
+                                        **self.args.read())
+                for part in resp.get("Parts", []):
+                    if sums.get(part["PartNumber"], "") is None:
+                        sums[part["PartNumber"]] = self.args.part_checksum(part)
+                if not resp.get("IsTruncated"):
+                    break
+                marker = int(resp["NextPartNumberMarker"])
+        return sums
 
     async def complete_multipart(self, key: str, upload_id: str,
                                  parts: list[tuple[int, str]], expect: str | None = None) -> str:
-        listing = [{"PartNumber": n, "ETag": f'"{e}"'} for n, e in sorted(parts)]
+        sums = await self._part_checksums(key, upload_id, [n for n, _ in parts])
+        listing = [self.args.part_entry(n, e, sums.get(n)) for n, e in sorted(parts)]
         resp = await self._call(f"COMPLETE-MPU {key}", self.client.complete_multipart_upload,
                                 Bucket=self.bucket, Key=self._full(key), UploadId=upload_id,
-                                MultipartUpload={"Parts": listing}, **_condition(expect))
+                                MultipartUpload={"Parts": listing}, **_condition(expect),
+                                **self.args.complete())
         return _etag(resp)
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
+        for number in [n for (u, n) in self._part_sums if u == upload_id]:
+            del self._part_sums[(upload_id, number)]
         await self._call(f"ABORT-MPU {key}", self.client.abort_multipart_upload,
                          Bucket=self.bucket, Key=self._full(key), UploadId=upload_id)
 

@@ -5,7 +5,8 @@ objects.
 boto3, and tests may implement it in memory.  Keys are relative to the mount's prefix.
 
 Attributes are stored the way s3fs-fuse stores them, so both tools read each other's buckets:
-user metadata `mode` (decimal `st_mode`, type bits included), `uid`, `gid`, `mtime`.
+user metadata `mode` (decimal `st_mode`, type bits included), `uid`, `gid`, `mtime`, and for
+FIFOs, sockets and devices (empty objects) `rdev`, the decimal device number.
 """
 
 from __future__ import annotations
@@ -74,17 +75,26 @@ class PosixAttrs:
     uid: int
     gid: int
     mtime_ns: int
+    rdev: int = 0  # devices: the device number
+
+
+# Kinds of file stored as an empty object whose `mode` says what it is (as s3fs-fuse does).
+SPECIAL_KINDS = frozenset({stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK})
+OBJECT_KINDS = SPECIAL_KINDS | {stat.S_IFREG, stat.S_IFLNK}  # what a non-directory can be
 
 
 def encode_attrs(attrs: PosixAttrs) -> dict[str, str]:
     """User metadata for an object, in s3fs-fuse's format (mtime as `sec.nnnnnnnnn`)."""
     sec, nsec = divmod(attrs.mtime_ns, 1_000_000_000)
-    return {
+    meta = {
         "mode": str(attrs.mode),
         "uid": str(attrs.uid),
         "gid": str(attrs.gid),
         "mtime": f"{sec}.{nsec:09d}",
     }
+    if stat.S_IFMT(attrs.mode) in SPECIAL_KINDS:
+        meta["rdev"] = str(attrs.rdev)
+    return meta
 
 
 def parse_mtime_ns(text: str) -> int | None:
@@ -103,6 +113,7 @@ def parse_mtime_ns(text: str) -> int | None:
 
 MAX_ID = 2**32 - 1
 MAX_MODE = 0o177777
+MAX_RDEV = 2**64 - 1
 
 
 def _int_or(text: str | None, default: int, limit: int = MAX_ID) -> int:
@@ -126,11 +137,20 @@ def decode_attrs(info: ObjectInfo, kind_bits: int, default_perm: int, uid: int, 
     mtime_ns = parse_mtime_ns(meta["mtime"]) if "mtime" in meta else None
     if mtime_ns is None:
         mtime_ns = int(info.mtime * 1_000_000_000)
-    return PosixAttrs(mode, _int_or(meta.get("uid"), uid), _int_or(meta.get("gid"), gid), mtime_ns)
+    rdev = _int_or(meta.get("rdev"), 0, MAX_RDEV) if kind_bits in SPECIAL_KINDS else 0
+    return PosixAttrs(mode, _int_or(meta.get("uid"), uid), _int_or(meta.get("gid"), gid), mtime_ns,
+                      rdev)
 
 
 def is_symlink_meta(metadata: dict[str, str] | None) -> bool:
     return bool(metadata) and stat.S_ISLNK(_int_or(metadata.get("mode"), 0, MAX_MODE))
+
+
+def object_kind(metadata: dict[str, str] | None) -> int:
+    """What a (non-directory) object is, by the type bits of its mode: a symlink, FIFO, socket
+    or device when they say so, else a regular file."""
+    kind = stat.S_IFMT(_int_or((metadata or {}).get("mode"), 0, MAX_MODE))
+    return kind if kind in OBJECT_KINDS else stat.S_IFREG
 
 
 def encode_xattrs(xattrs: dict[str, bytes]) -> str:

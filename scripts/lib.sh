@@ -5,7 +5,7 @@
 # needs are installed, and .venv holds s3mount (editable) with its test tools.
 
 # What s3mount and its tests need from Debian (pyfuse3 is built against libfuse3).
-S3MOUNT_APT_PACKAGES=(fuse3 libfuse3-dev pkg-config rsync sqlite3 git tar procps)
+S3MOUNT_APT_PACKAGES=(fuse3 libfuse3-dev pkg-config rsync sqlite3 git tar procps s3fs)
 
 S3MOUNT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$S3MOUNT_ROOT/.venv"

@@ -4,6 +4,9 @@ Each request is forwarded unchanged unless a rule matches it: answer 500, answer
 reset the connection, stall before answering, or (when `down`) reset everything.  An optional
 `check` (tests/sigv2check.py) refuses badly signed requests first.  Rules count
 down and then stop matching.  Runs in threads of the test process, which controls it directly.
+Every request is also recorded (`seen`: method, path, headers), and a request in absolute form
+(`GET http://host/path`, as sent to a forward proxy) is served like its path, so it can stand
+as the `--proxy` of a mount too.
 """
 
 from __future__ import annotations
@@ -34,6 +37,18 @@ class Rule:
             self.query is None or self.query in path)
 
 
+@dataclass
+class Seen:
+    method: str
+    path: str  # path and query
+    headers: dict[str, str]
+    absolute: bool  # sent in absolute form, as to a forward proxy
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers.items() if k.lower() == name.lower()), None)
+
+
 class FaultProxy:
     def __init__(self, target: str) -> None:
         parts = urlsplit(target)
@@ -43,6 +58,7 @@ class FaultProxy:
         self.lock = threading.Lock()
         self.requests = 0
         self.injected = 0
+        self.seen: list[Seen] = []
         # Refuses a request before anything else: (status, S3 error code), or None to go on.
         self.check: Callable[[str, str, Any], tuple[int, str] | None] | None = None
         proxy = self
@@ -56,6 +72,13 @@ class FaultProxy:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                absolute = self.path.startswith(("http://", "https://"))
+                if absolute:
+                    parts = urlsplit(self.path)
+                    self.path = parts.path + (f"?{parts.query}" if parts.query else "")
+                with proxy.lock:
+                    proxy.seen.append(Seen(self.command, self.path, dict(self.headers.items()),
+                                           absolute, body[:65536]))
                 refusal = proxy.check(self.command, self.path, self.headers) if proxy.check \
                     else None
                 if refusal is not None:

@@ -886,15 +886,23 @@ async def test_link_and_mknod(fs, s3_client, bucket):
     with pytest.raises(errors.NotPermitted) as exc:
         await fs.link()
     assert exc.value.errno == errno.EPERM
-    for mode in (stat.S_IFIFO | 0o644, stat.S_IFCHR | 0o644, stat.S_IFBLK | 0o644,
-                 stat.S_IFSOCK | 0o644):
-        with pytest.raises(errors.NotSupported) as exc:
-            await fs.mknod(ROOT_INODE, b"node", mode, UID, GID)
-        assert exc.value.errno == errno.ENOTSUP
+    with pytest.raises(errors.NotSupported) as exc:  # no such file type
+        await fs.mknod(ROOT_INODE, b"node", 0o170000 | 0o644, 0, UID, GID)
+    assert exc.value.errno == errno.ENOTSUP
     assert bucket_objects(s3_client, bucket) == {}
-    inode = await fs.mknod(ROOT_INODE, b"regular", stat.S_IFREG | 0o600, UID, GID)
+    inode = await fs.mknod(ROOT_INODE, b"regular", stat.S_IFREG | 0o600, 0, UID, GID)
     assert stat.S_ISREG(inode.mode)
     assert bucket_objects(s3_client, bucket) == {"regular": b""}
+    # FIFOs, sockets and devices: empty objects whose mode and rdev say what they are.
+    kinds = {b"fifo": (stat.S_IFIFO, 0), b"sock": (stat.S_IFSOCK, 0),
+             b"chr": (stat.S_IFCHR, os.makedev(1, 3)), b"blk": (stat.S_IFBLK, os.makedev(8, 1))}
+    for name, (kind, rdev) in kinds.items():
+        inode = await fs.mknod(ROOT_INODE, name, kind | 0o640, rdev, UID, GID)
+        assert (inode.mode, inode.rdev) == (kind | 0o640, rdev)
+        head = s3_client.head_object(Bucket=bucket, Key=name.decode())
+        assert head["ContentLength"] == 0
+        assert head["Metadata"]["mode"] == str(kind | 0o640)
+        assert head["Metadata"]["rdev"] == str(rdev)
 
 
 # -- read-only ---------------------------------------------------------------------------------
@@ -916,7 +924,8 @@ async def test_read_only_refuses_every_mutation(make_fs, s3_client, bucket):
         "create": lambda: fs.create(ROOT_INODE, b"c", 0o644, os.O_WRONLY | os.O_CREAT, PID,
                                     UID, GID),
         "create existing": lambda: fs.create(ROOT_INODE, b"f", 0o644, os.O_WRONLY, PID, UID, GID),
-        "mknod": lambda: fs.mknod(ROOT_INODE, b"n", stat.S_IFREG | 0o644, UID, GID),
+        "mknod": lambda: fs.mknod(ROOT_INODE, b"n", stat.S_IFREG | 0o644, 0, UID, GID),
+        "mkfifo": lambda: fs.mknod(ROOT_INODE, b"p", stat.S_IFIFO | 0o644, 0, UID, GID),
         "rename": lambda: fs.rename(ROOT_INODE, b"f", ROOT_INODE, b"g", 0),
         "rename dir": lambda: fs.rename(ROOT_INODE, b"d", ROOT_INODE, b"d2", 0),
         "chmod": lambda: fs.setattr(f.ino, mode=stat.S_IFREG | 0o600),
