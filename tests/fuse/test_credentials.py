@@ -37,6 +37,7 @@ from helpers import (
     S3rver,
     free_port,
     is_mounted,
+    prerequisite,
     s3rver_script,
     stop_process,
     wait_port,
@@ -98,7 +99,7 @@ def s3rver(tmp_path_factory):
 @pytest.fixture(scope="module")
 def s3rver_tls(tmp_path_factory):
     if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed: no certificate for the TLS server")
+        prerequisite("programs", "openssl is not installed: no certificate for the TLS server")
     script = s3rver_script()
     certs = tmp_path_factory.mktemp("tls")
     key, cert = certs / "key.pem", certs / "cert.pem"
@@ -300,7 +301,7 @@ def test_virtual_hosted_addressing(s3rver, tmp_path, signature):
     request (to s3.test) could not resolve, so the mount working shows virtual-hosted
     addressing at work, signed as the server checks it."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("needs root and unshare for a private /etc/hosts")
+        prerequisite("root", "needs root and unshare for a private /etc/hosts")
     client = s3rver.client()
     bucket = f"vhost-{signature}-{os.getpid()}"
     client.create_bucket(Bucket=bucket)
