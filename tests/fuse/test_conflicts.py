@@ -8,7 +8,7 @@ import errno
 import os
 
 import pytest
-from helpers import bucket_objects
+from helpers import Expected, bucket_objects, log_failures
 
 
 def conflicts_of(objects: dict[str, bytes], key: str) -> list[bytes]:
@@ -17,7 +17,8 @@ def conflicts_of(objects: dict[str, bytes], key: str) -> list[bytes]:
 
 def test_lost_update_is_detected(mounted, s3_client, bucket):
     s3_client.put_object(Bucket=bucket, Key="doc.txt", Body=b"v1")
-    mounted.expected_problems += ["changed in the bucket", "PreconditionFailed"]
+    mounted.expect("changed in the bucket", count=1)
+    mounted.expect("PreconditionFailed", count=1)
     f = open(mounted.path / "doc.txt", "r+b")  # noqa: SIM115
     f.write(b"ours")
     f.flush()
@@ -30,8 +31,7 @@ def test_lost_update_is_detected(mounted, s3_client, bucket):
     assert conflicts_of(objects, "doc.txt") == [b"ours"]
 
 
-def test_concurrent_create_is_detected(mounted, s3_client, bucket):
-    mounted.expected_problems += ["changed in the bucket", "PreconditionFailed"]
+def concurrent_create(mounted, s3_client, bucket) -> None:
     f = open(mounted.path / "new.txt", "wb")  # noqa: SIM115
     f.write(b"mine")
     f.flush()
@@ -39,6 +39,28 @@ def test_concurrent_create_is_detected(mounted, s3_client, bucket):
     with pytest.raises(OSError) as exc:
         f.close()
     assert exc.value.errno == errno.ESTALE
+
+
+def test_concurrent_create_is_detected(mounted, s3_client, bucket):
+    # The lost create is reported again at release and at unmount (see the xfail below).
+    mounted.expect("changed in the bucket", at_least=1, at_most=3)
+    mounted.expect("PreconditionFailed", at_least=1, at_most=2)
+    concurrent_create(mounted, s3_client, bucket)
+    objects = bucket_objects(s3_client, bucket)
+    assert objects["new.txt"] == b"someone else's"
+    assert conflicts_of(objects, "new.txt") == [b"mine"]
+
+
+@pytest.mark.xfail(strict=True, reason="a created file that lost the race stays dirty: it is "
+                   "set aside again at release and at unmount, which logs 'could not upload'")
+def test_concurrent_create_is_set_aside_once(mounted, s3_client, bucket):
+    concurrent_create(mounted, s3_client, bucket)
+    mounted.stop()
+    problems = mounted.problems()
+    for text in ("changed in the bucket", "PreconditionFailed", "could not upload"):
+        mounted.expect(text, at_least=0)  # judged here, not again by the fixture
+    assert log_failures(problems, [Expected("changed in the bucket", 1, 1),
+                                   Expected("flush: PUT new.txt: PreconditionFailed", 1, 1)]) == []
     objects = bucket_objects(s3_client, bucket)
     assert objects["new.txt"] == b"someone else's"
     assert conflicts_of(objects, "new.txt") == [b"mine"]
@@ -47,7 +69,8 @@ def test_concurrent_create_is_detected(mounted, s3_client, bucket):
 def test_large_file_lost_update_is_detected(mounted, s3_client, bucket):
     base = os.urandom(20 * 1024 * 1024)
     s3_client.put_object(Bucket=bucket, Key="big.bin", Body=base)
-    mounted.expected_problems += ["changed in the bucket", "PreconditionFailed"]
+    mounted.expect("changed in the bucket", count=1)
+    mounted.expect("PreconditionFailed", count=1)
     f = open(mounted.path / "big.bin", "r+b")  # noqa: SIM115
     f.write(b"X" * 1000)
     f.read(10)  # bytes of the old version come local before it changes

@@ -76,7 +76,7 @@ def changed_in(meta: dict[str, str], how: str) -> bool:
 
 
 @pytest.mark.parametrize("how", ["chmod", "chown", "utime", "setxattr"])
-def test_change_after_another_writer_applies_to_their_version(make_mount, proxy, s3_client,
+def test_change_after_another_writer_applies_to_their_version(proxy, make_mount, s3_client,
                                                               bucket, how):
     s3_client.put_object(Bucket=bucket, Key="f", Body=b"v1")
     m = make_mount(bucket, "--metadata-ttl", "60", endpoint=proxy.endpoint)
@@ -94,7 +94,7 @@ def test_change_after_another_writer_applies_to_their_version(make_mount, proxy,
     assert writer.refused == 1  # the first copy named version 1 and was refused
 
 
-def test_change_fails_with_estale_when_the_object_keeps_changing(make_mount, proxy, s3_client,
+def test_change_fails_with_estale_when_the_object_keeps_changing(proxy, make_mount, s3_client,
                                                                  bucket):
     s3_client.put_object(Bucket=bucket, Key="f", Body=b"v1")
     m = make_mount(bucket, "--metadata-ttl", "60", endpoint=proxy.endpoint)
