@@ -10,11 +10,16 @@ unless the developer opts out with S3MOUNT_SKIP=fuse (see `helpers.prerequisite`
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
+import sys
+from pathlib import Path
 
+import boto3
 import pytest
-from helpers import Mount, check_log, is_mounted, prerequisite
+from botocore.config import Config
+from helpers import ACCESS_KEY, REGION, SECRET_KEY, Mount, check_log, is_mounted, prerequisite
 
 
 def pytest_collection_modifyitems(config, items):
@@ -83,3 +88,32 @@ def mountpoint(tmp_path):
     yield path
     if is_mounted(path):  # a start that should have failed did mount: take it down
         subprocess.run(["fusermount3", "-u", "-z", str(path)])
+
+
+# -- a SeaweedFS server for the tests that need what moto lacks (helper F) ----------------------
+# moto 5.2 ignores If-Match on CompleteMultipartUpload and x-amz-copy-source-if-match; SeaweedFS
+# (a real object store, scripts/seaweed.py) enforces both.
+
+_seaweed_buckets = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    sys.path.insert(0, str(Path(__file__).parents[2] / "scripts"))
+    from seaweed import SeaweedFS
+
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweed"), ACCESS_KEY, SECRET_KEY)
+    server.start()
+    server.client = boto3.client(  # type: ignore[attr-defined]
+        "s3", endpoint_url=server.endpoint, aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY, region_name=REGION,
+        config=Config(s3={"addressing_style": "path"}))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def seaweed_bucket(seaweed) -> str:
+    name = f"seaweed-{next(_seaweed_buckets)}"
+    seaweed.client.create_bucket(Bucket=name)
+    return name

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 
 import pytest
 from helpers import Expected, bucket_objects, log_failures
@@ -107,3 +108,50 @@ def test_without_conditional_writes_the_last_writer_wins(make_mount, s3_client, 
         f.flush()
         s3_client.put_object(Bucket=bucket, Key="doc.txt", Body=b"theirs")
     assert bucket_objects(s3_client, bucket) == {"doc.txt": b"ours"}
+
+
+@pytest.mark.parametrize("size", [100_000, 20 * 1024 * 1024], ids=["put", "multipart"])
+def test_two_mounts_writing_one_file_at_once_lose_nothing(make_mount, request, size):
+    """Two daemons commit the same file at the same moment: one wins the key, the other's
+    close(2) fails with ESTALE and its bytes go to a conflict key; both versions survive.
+    Multipart commits run on SeaweedFS: moto 5.2 ignores If-Match on CompleteMultipartUpload,
+    so there the later commit silently replaces the earlier one."""
+    if size > 16 * 1024 * 1024:
+        server = request.getfixturevalue("seaweed")
+        client, bucket = server.client, request.getfixturevalue("seaweed_bucket")
+    else:
+        server = request.getfixturevalue("s3_server")
+        client, bucket = request.getfixturevalue("s3_client"), request.getfixturevalue("bucket")
+    client.put_object(Bucket=bucket, Key="shared.bin", Body=b"v1")
+    mounts = [make_mount(bucket, name=n, endpoint=server.endpoint) for n in ("a", "b")]
+    bodies = [os.urandom(size), os.urandom(size)]
+    files = []
+    for m, body in zip(mounts, bodies, strict=True):
+        f = open(m.path / "shared.bin", "r+b")  # noqa: SIM115 - closed below, at once
+        f.write(body)
+        f.flush()  # in the daemon, not yet committed
+        files.append(f)
+    outcome: list[int | None] = [None, None]
+    ready = threading.Barrier(2)
+
+    def close(i: int) -> None:
+        ready.wait()
+        try:
+            files[i].close()
+            outcome[i] = 0
+        except OSError as exc:
+            outcome[i] = exc.errno
+
+    threads = [threading.Thread(target=close, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(outcome, key=str) == sorted([0, errno.ESTALE], key=str), outcome
+    winner, loser = (0, 1) if outcome[0] == 0 else (1, 0)
+    mounts[loser].expect("changed in the bucket", count=1)
+    mounts[loser].expect("PreconditionFailed", count=1)
+    objects = bucket_objects(client, bucket)
+    assert objects["shared.bin"] == bodies[winner]
+    assert conflicts_of(objects, "shared.bin") == [bodies[loser]]
+    assert len(objects) == 2
