@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,7 +103,8 @@ def seaweed(tmp_path_factory):
     sys.path.insert(0, str(Path(__file__).parents[2] / "scripts"))
     from seaweed import SeaweedFS
 
-    server = SeaweedFS(tmp_path_factory.mktemp("seaweed"), ACCESS_KEY, SECRET_KEY)
+    data = tmp_path_factory.mktemp("seaweed")
+    server = SeaweedFS(data, ACCESS_KEY, SECRET_KEY)
     server.start()
     server.client = boto3.client(  # type: ignore[attr-defined]
         "s3", endpoint_url=server.endpoint, aws_access_key_id=ACCESS_KEY,
@@ -110,6 +112,7 @@ def seaweed(tmp_path_factory):
         config=Config(s3={"addressing_style": "path"}))
     yield server
     server.stop()
+    shutil.rmtree(data, ignore_errors=True)  # the 5.5 GiB test leaves ~18 GB: never keep it
 
 
 @pytest.fixture
