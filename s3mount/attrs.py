@@ -3,19 +3,30 @@
 A change goes up with the next commit of the file's data when one is due anyway (a dirty, new or
 unlinked file: the crash journal keeps it meanwhile); otherwise it is a copy of the object onto
 itself with the new metadata, never a download, or a new marker object for a directory.
+That copy names the version the mount knows (`CopySourceIfMatch`): when another client replaced
+the object meanwhile, the inode is refreshed from the bucket and the change applied to the new
+version, once; a second replacement fails it with `Stale` (ESTALE).  Their bytes are never taken
+on under our old size and attributes.
 Extended attributes are stored as s3fs-fuse stores them (see `store.encode_xattrs`), within
 S3's 2 KiB of user metadata.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 
 from s3mount import errors
 from s3mount.files import FileData
 from s3mount.inodes import ROOT_INODE, Inode, InodeTable
 from s3mount.namespace import Namespace
 from s3mount.store import DIRECTORY_CONTENT_TYPE, USER_METADATA_LIMIT, ObjectStore, metadata_size
+
+log = logging.getLogger(__name__)
+
+# A change of attributes, applied to an inode: again after a refresh if the object was replaced.
+Change = Callable[[Inode], None]
 
 
 class Metadata:
@@ -37,15 +48,31 @@ class Metadata:
         """Whether changed attributes will go up with the next commit of the data anyway."""
         return inode.unlinked or inode.local_only or inode.dirty
 
-    async def changed(self, inode: Inode) -> None:
-        """Persist the inode's changed attributes, now or with its data."""
+    async def change(self, inode: Inode, apply: Change) -> None:
+        """Apply a change to the inode's attributes and persist it, now or with its data."""
+        apply(inode)
         if self.rides_with_data(inode):
             await self.files.journal(inode)
-        else:
+            return
+        try:
             await self.store_now(inode)
+        except errors.Stale:
+            # Replaced by another client since we looked: the change goes onto their version.
+            log.info("%s changed in the bucket; applying the attribute change to the new "
+                     "version", self.table.key(inode))
+            try:
+                await self.ns.revalidate(inode)
+                apply(inode)
+                await self.store_now(inode)
+            except BaseException:
+                # What we hold is neither the bucket's nor ours: ask the bucket again.
+                inode.meta_known = False
+                inode.fetched_at = 0.0
+                raise
 
     async def store_now(self, inode: Inode) -> None:
-        """A copy of the object onto itself with the new metadata; never a download."""
+        """A copy of the object onto itself with the new metadata, conditional on the version
+        we know; never a download."""
         meta = self.files.metadata(inode)
         if inode.ino == ROOT_INODE:
             return
@@ -54,7 +81,7 @@ class Metadata:
             await self.store.put(key + "/", b"", meta, DIRECTORY_CONTENT_TYPE)
             inode.has_marker = True
         elif inode.etag is not None:
-            inode.etag = await self.store.copy(key, key, inode.size, meta)
+            inode.etag = await self.store.copy(key, key, inode.size, meta, inode.etag)
             if inode.staged is not None:  # open and clean: its base is the new version
                 inode.staged.base_etag = inode.staged.expect = inode.etag
         inode.fetched_at = time.monotonic()
@@ -80,25 +107,32 @@ class Metadata:
         if len(raw) > 255:
             raise errors.OutOfRange("an attribute name is at most 255 bytes")
         await self.known(inode)
-        before = dict(inode.xattrs)
-        inode.xattrs[name] = bytes(value)
-        if metadata_size(self.files.metadata(inode)) > USER_METADATA_LIMIT:
-            inode.xattrs = before
-            raise errors.TooBig("the attributes would exceed S3's 2 KiB of user metadata")
-        await self._persist_xattrs(inode, before)
+        value = bytes(value)
+
+        def apply(target: Inode) -> None:
+            target.xattrs[name] = value
+            if metadata_size(self.files.metadata(target)) > USER_METADATA_LIMIT:
+                del target.xattrs[name]
+                raise errors.TooBig("the attributes would exceed S3's 2 KiB of user metadata")
+
+        await self._persist_xattrs(inode, apply)
 
     async def removexattr(self, inode: Inode, raw: bytes) -> None:
         await self.known(inode)
         name = raw.decode("utf-8", "surrogateescape")
-        if name not in inode.xattrs:
-            raise errors.NoAttribute(name)
-        before = dict(inode.xattrs)
-        del inode.xattrs[name]
-        await self._persist_xattrs(inode, before)
 
-    async def _persist_xattrs(self, inode: Inode, before: dict[str, bytes]) -> None:
+        def apply(target: Inode) -> None:
+            if name not in target.xattrs:
+                raise errors.NoAttribute(name)
+            del target.xattrs[name]
+
+        await self._persist_xattrs(inode, apply)
+
+    async def _persist_xattrs(self, inode: Inode, apply: Change) -> None:
+        before = dict(inode.xattrs)
         try:
-            await self.changed(inode)
+            await self.change(inode, apply)
         except BaseException:
-            inode.xattrs = before
+            if inode.meta_known:  # else refreshed, and to be read from the bucket again
+                inode.xattrs = before
             raise

@@ -138,3 +138,14 @@ class ConfigError(Exception):
     def __init__(self, message: str, status: int = 1) -> None:
         super().__init__(message)
         self.status = status
+
+
+def unwrap_group(exc: BaseException) -> BaseException:
+    """The single domain error inside a trio exception group, if that is all it holds."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if isinstance(inner, FsError):
+                return inner
+    return exc

@@ -361,7 +361,7 @@ class FileData:
                 staged.upload = upload  # the next try completes the same upload
             raise
         if fix_metadata:  # attributes changed after the upload began
-            etag = await self.store.copy(key, key, staged.size, metadata)
+            etag = await self.store.copy(key, key, staged.size, metadata, etag)
         return etag
 
     async def drop_clean(self, inode: Inode) -> None:

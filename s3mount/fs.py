@@ -222,23 +222,26 @@ class Filesystem:
             await self.files.truncate(inode, size)
             if fh is not None:
                 self.handles.file(fh).wrote = True  # ftruncate: its close commits
-        meta_changed = False
-        if mode is not None:
-            inode.mode = inode.kind | stat.S_IMODE(mode)
-            meta_changed = True
-        if uid is not None and uid != -1 and uid != 0xFFFFFFFF:
-            inode.uid, meta_changed = uid, True
-        if gid is not None and gid != -1 and gid != 0xFFFFFFFF:
-            inode.gid, meta_changed = gid, True
-        if mtime_ns is not None:
-            inode.mtime_ns, meta_changed = mtime_ns, True
-        inode.ctime_ns = time.time_ns()
+        uid = None if uid in (None, -1, 0xFFFFFFFF) else uid
+        gid = None if gid in (None, -1, 0xFFFFFFFF) else gid
+
+        def apply(target: Inode) -> None:  # again onto a refreshed inode, if it was replaced
+            if mode is not None:
+                target.mode = target.kind | stat.S_IMODE(mode)
+            target.uid = target.uid if uid is None else uid
+            target.gid = target.gid if gid is None else gid
+            target.mtime_ns = target.mtime_ns if mtime_ns is None else mtime_ns
+            target.ctime_ns = time.time_ns()
+
         if size is not None and fh is None:
+            apply(inode)
             await self.files.commit(inode)  # truncate(2) by path: no close(2) will commit it
             if not inode.opens:
                 await self.files.drop_clean(inode)
-        elif meta_changed:
-            await self.meta.changed(inode)
+        elif (mode, uid, gid, mtime_ns) != (None, None, None, None):
+            await self.meta.change(inode, apply)
+        else:
+            inode.ctime_ns = time.time_ns()
         return inode
 
     # -- extended attributes -------------------------------------------------------------------

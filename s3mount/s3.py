@@ -28,7 +28,6 @@ import botocore.handlers
 import botocore.session
 import botocore.utils
 import trio
-from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -42,6 +41,7 @@ from botocore.exceptions import (
 )
 
 from s3mount import errors
+from s3mount.bigcopy import multipart_copy
 from s3mount.blocking import run_blocking
 from s3mount.config import MountConfig
 from s3mount.requestargs import RequestArgs
@@ -219,8 +219,6 @@ class S3Store:
         self.prefix = prefix
         self.limiter = limiter
         self.stats = RequestStats()
-        self.transfer_config = TransferConfig(multipart_threshold=MAX_COPY_OBJECT,
-                                              max_concurrency=4)
 
     async def _call(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
         kind = what.split(" ", 1)[0]
@@ -358,28 +356,26 @@ class S3Store:
         self.stats.bytes_out += size
         return etag
 
-    async def copy(self, src: str, dst: str, size: int, metadata: dict[str, str] | None) -> str:
-        """Server-side copy; `metadata` replaces the source's when given."""
-        source = {"Bucket": self.bucket, "Key": self._full(src)}
+    async def copy(self, src: str, dst: str, size: int, metadata: dict[str, str] | None,
+                   expect: str | None = None) -> str:
+        """Server-side copy; `metadata` replaces the source's when given; `expect` (an ETag)
+        makes it conditional on the source still being that version (`Stale` otherwise)."""
         if metadata is None and src != dst and self.args.retypes(src, dst):
             # A new name of another type (--content-type auto): the copy gets the new type,
             # which only a copy replacing the metadata can set.
             info = await self.head(src)
             metadata = info.metadata if info is not None else None
+        if size > MAX_COPY_OBJECT:
+            return await multipart_copy(self, src, dst, size, metadata, expect)
         extra = self.args.copy(dst, metadata is not None)
         if metadata is not None:
             extra.update(Metadata=metadata, MetadataDirective="REPLACE")
-        if size < MAX_COPY_OBJECT:
-            resp = await self._call(f"COPY {src} -> {dst}", self.client.copy_object,
-                                    CopySource=source, Bucket=self.bucket, Key=self._full(dst),
-                                    **extra)
-            return _etag(resp.get("CopyObjectResult", {}))
-        # boto3's managed copy does the multipart copy over 5 GiB.
-        await self._call(f"COPY {src} -> {dst}", self.client.copy, CopySource=source,
-                         Bucket=self.bucket, Key=self._full(dst), ExtraArgs=extra or None,
-                         Config=self.transfer_config)
-        info = await self.head(dst)
-        return info.etag if info else ""
+        if expect:
+            extra["CopySourceIfMatch"] = f'"{expect}"'
+        resp = await self._call(f"COPY {src} -> {dst}", self.client.copy_object,
+                                CopySource={"Bucket": self.bucket, "Key": self._full(src)},
+                                Bucket=self.bucket, Key=self._full(dst), **extra)
+        return _etag(resp.get("CopyObjectResult", {}))
 
     async def delete(self, key: str) -> None:
         await self._call(f"DELETE {key}", self.client.delete_object, Bucket=self.bucket,

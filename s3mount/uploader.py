@@ -13,21 +13,13 @@ from dataclasses import dataclass, field
 
 import trio
 
-from s3mount.errors import FsError
+from s3mount.errors import FsError, unwrap_group
 from s3mount.parts import plan_parts
 from s3mount.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
-def unwrap_group(exc: BaseException) -> BaseException:
-    """The single domain error inside a trio exception group, if that is all it holds."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            if isinstance(inner, FsError):
-                return inner
-    return exc
+__all__ = ["Multipart", "PartSource", "Uploader", "unwrap_group"]
 
 
 @dataclass

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
@@ -84,6 +85,17 @@ class Mount:
         self.path = path
         self.cache_dir = cache_dir
         self.extra = list(extra or [])
+        self.expected: list[Expected] = []
+
+    def expect(self, text: str, count: int | None = None, at_least: int = 1,
+               at_most: int | None = None) -> None:
+        """Declare WARNING/ERROR lines this test provokes: lines containing `text`, exactly
+        `count` of them, or between `at_least` and `at_most`.  After the test, every problem
+        line must match a declaration and every declaration must have matched (see
+        `log_failures`)."""
+        if count is not None:
+            at_least = at_most = count
+        self.expected.append(Expected(text, at_least, at_most))
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "s3mount", "--endpoint-url", self.endpoint,
@@ -136,6 +148,32 @@ class Mount:
                 if line.startswith(("WARNING", "ERROR", "CRITICAL")) or "Traceback" in line]
 
 
+@dataclass(frozen=True)
+class Expected:
+    text: str
+    at_least: int
+    at_most: int | None
+
+
+def log_failures(problems: list[str], expected: list[Expected]) -> list[str]:
+    """What is wrong with a mount's WARNING/ERROR lines: any line no declaration expects, and any
+    declaration whose matching lines fall outside its count."""
+    failures = [f"unexpected: {line}" for line in problems
+                if not any(e.text in line for e in expected)]
+    for e in expected:
+        seen = sum(e.text in line for line in problems)
+        if seen < e.at_least or (e.at_most is not None and seen > e.at_most):
+            bound = (f"{e.at_least}" if e.at_most == e.at_least else
+                     f"{e.at_least}..{'' if e.at_most is None else e.at_most}")
+            failures.append(f"expected {bound} lines with {e.text!r}, saw {seen}")
+    return failures
+
+
+def check_log(mount: Mount) -> list[str]:
+    """`log_failures` of a mount, each line naming the mount."""
+    return [f"{mount.path}: {f}" for f in log_failures(mount.problems(), mount.expected)]
+
+
 def bucket_objects(client, bucket: str) -> dict[str, bytes]:
     out = {}
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
@@ -144,8 +182,28 @@ def bucket_objects(client, bucket: str) -> dict[str, bytes]:
     return out
 
 
+SKIP_ENV = "S3MOUNT_SKIP"
+
+
+def prerequisite(what: str, reason: str) -> None:
+    """This test cannot run here (`reason`): it fails, so a run never loses tests silently,
+    unless the developer opted out of tests needing `what` ("fuse", "root", "npm", "programs")
+    by naming it in $S3MOUNT_SKIP, e.g. S3MOUNT_SKIP=root,npm.  Then it is skipped."""
+    opted_out = {w.strip() for w in os.environ.get(SKIP_ENV, "").split(",")}
+    if what in opted_out or "all" in opted_out:
+        pytest.skip(f"{reason} ({SKIP_ENV} names {what!r})")
+    pytest.fail(f"{reason}; to skip such tests set {SKIP_ENV}={what}", pytrace=False)
+
+
 def have(program: str) -> bool:
     return shutil.which(program) is not None
+
+
+def need_program(program: str) -> None:
+    """A program the test runs (scripts/test installs it): missing fails, or skips when
+    $S3MOUNT_SKIP names "programs"."""
+    if not have(program):
+        prerequisite("programs", f"{program} is not installed")
 
 def stop_process(proc: subprocess.Popen) -> None:
     """End a server the tests started: politely, then for sure."""
@@ -183,7 +241,8 @@ def s3rver_script() -> Path:
     if script.exists():
         return script
     if shutil.which("npm") is None or shutil.which("node") is None:
-        pytest.skip("npm/node are not installed: cannot install s3rver (apt-get install npm)")
+        prerequisite("npm", "npm/node are not installed: cannot install s3rver "
+                     "(apt-get install npm)")
     prefix.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(["npm", "install", "--prefix", str(prefix), "--no-audit", "--no-fund",
                              f"s3rver@{S3RVER_VERSION}"], capture_output=True, text=True,

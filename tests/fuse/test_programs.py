@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 
 import pytest
-from helpers import bucket_objects, have
+from helpers import bucket_objects, need_program
 
 
 def run(*cmd: str, cwd=None) -> str:
@@ -78,8 +78,8 @@ def test_tar_round_trip(mounted, s3_client, bucket, tmp_path):
     assert tree_contents(out) == files
 
 
-@pytest.mark.skipif(not have("rsync"), reason="rsync not installed")
 def test_rsync_twice(mounted, s3_client, bucket, tmp_path):
+    need_program("rsync")
     src = tmp_path / "r"
     files = make_tree(src)
     run("rsync", "-a", f"{src}/", f"{mounted.path}/r/")
@@ -92,8 +92,8 @@ def test_rsync_twice(mounted, s3_client, bucket, tmp_path):
     assert bucket_objects(s3_client, bucket)["r/src/lib/util.h"] == files["src/lib/util.h"]
 
 
-@pytest.mark.skipif(not have("git"), reason="git not installed")
 def test_git(mounted, s3_client, bucket):
+    need_program("git")
     repo = mounted.path / "repo"
     repo.mkdir()
     env_args = ["-c", "user.name=T", "-c", "user.email=t@example.com"]
@@ -136,8 +136,8 @@ def test_sqlite(mounted, s3_client, bucket):
     con.close()
 
 
-@pytest.mark.skipif(not have("sqlite3"), reason="sqlite3 shell not installed")
 def test_sqlite3_shell(mounted):
+    need_program("sqlite3")
     db = str(mounted.path / "shell.db")
     run("sqlite3", db, "create table x(a); begin; insert into x values (1),(2); commit;")
     mounted.remount()

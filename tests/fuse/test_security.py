@@ -24,7 +24,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from helpers import Mount, bucket_objects, have, is_mounted, test_env
+from helpers import Mount, bucket_objects, have, is_mounted, prerequisite, test_env
 
 SECRET = "sekrit-4f1d-never-show-me-0123456789ab"
 ACCESS = "AKIDSECURITYTEST"
@@ -120,7 +120,7 @@ def test_read_only_mount_option(make_mount, bucket):
 def public_mounts(s3_server, tmp_path):
     """Mounts under a directory every user may traverse (pytest's own tmp is root's alone)."""
     if not have("runuser") or os.geteuid() != 0:
-        pytest.skip("needs root and runuser")
+        prerequisite("root", "needs root and runuser")
     top = Path(tempfile.mkdtemp(prefix="s3mount-security-", dir="/tmp"))
     top.chmod(0o755)
     made: list[Mount] = []

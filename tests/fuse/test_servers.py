@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import Mount, free_port, is_mounted, test_env
+from helpers import Mount, free_port, is_mounted, prerequisite, test_env
 
 from s3mount import status
 
@@ -252,7 +252,7 @@ HELPER = Path("/sbin/mount.fuse.s3mount")
 def mount_helper():
     """/sbin/mount.fuse.s3mount -> this venv's s3mount, as scripts/install-systemd makes it."""
     if os.geteuid() != 0:
-        pytest.skip("mount(8) of a FUSE type needs root here")
+        prerequisite("root", "mount(8) of a FUSE type needs root here")
     if not S3MOUNT_PROGRAM.exists():
         pytest.skip(f"{S3MOUNT_PROGRAM} is not installed")
     made = False
@@ -324,7 +324,7 @@ def test_fstab_line(s3_server, s3_client, bucket, tmp_path, mount_helper):
 def test_mount_fuse3_runs_s3mount_from_path(s3_server, s3_client, bucket, tmp_path):
     """Without our helper, Debian's mount.fuse3 runs `s3mount SOURCE DIR -o OPTS,dev,suid`."""
     if os.geteuid() != 0:
-        pytest.skip("needs root")
+        prerequisite("root", "needs root")
     if not Path("/sbin/mount.fuse3").exists() or not S3MOUNT_PROGRAM.exists():
         pytest.skip("mount.fuse3 (Debian's fuse3) or the venv's s3mount is missing")
     mnt = tmp_path / "mnt"

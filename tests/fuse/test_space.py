@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import Mount, bucket_objects
+from helpers import Mount, bucket_objects, prerequisite
 
 MIB = 1024 * 1024
 
@@ -23,7 +23,7 @@ def small_disk(tmp_path):
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400m", "tmpfs", str(disk)],
                           capture_output=True, text=True)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        prerequisite("root", f"cannot mount a tmpfs here: {done.stderr.strip()}")
     yield disk
     subprocess.run(["umount", "-l", str(disk)])
 

@@ -376,7 +376,9 @@ def test_split_listing_name(prefix, key, expected):
 
 
 def test_is_posix_segment_lone_surrogate_does_not_crash():
-    assert is_posix_segment("a\udcff") in (True, False)
+    # A name that is not UTF-8 (surrogate-escaped) is a name: it must not crash, and is shown.
+    assert is_posix_segment("a\udcff") is True
+    assert is_posix_segment("\udcff" * 300) is False  # over NAME_MAX however it is counted
 
 
 # -- store: attributes ------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import pytest
 from s3mount import cli, notify, status
 from s3mount.credentials import Keys, parse_passwd, read_passwd_file
 from s3mount.errors import ConfigError
+from s3mount.s3 import RequestStats
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD = ROOT / "systemd"
@@ -380,7 +381,19 @@ def test_status_of_something_not_mounted(tmp_path, capsys):
 def test_human_units():
     assert status.human_bytes(0) == "0 B" and status.human_bytes(1536) == "1.5 KiB"
     assert status.human_duration(59) == "59s" and status.human_duration(90061) == "1d 1h"
-    assert json.loads(json.dumps(SNAPSHOT)) == SNAPSHOT
+
+
+def test_request_stats_go_out_as_the_json_status_renders():
+    """What a mount's stats give `s3mount status --json` survives JSON and reads as counted."""
+    stats = RequestStats()
+    stats.requests.update({"GET": 7, "PUT": 5})
+    stats.errors["PUT"] += 1
+    stats.bytes_in, stats.last_error = 3 * 1024**2, "PUT a: 500"
+    sent = json.loads(json.dumps(stats.as_dict()))
+    assert sent["requests"] == 12 and sent["by_kind"] == {"GET": 7, "PUT": 5}
+    assert sent["errors"] == 1 and sent["errors_by_kind"] == {"PUT": 1}
+    text = status.render({**SNAPSHOT, "s3": sent})
+    assert "requests:   12 (GET 7, PUT 5)" in text and "errors:     1 (last: PUT a: 500)" in text
 
 
 # -- systemd files -----------------------------------------------------------------------------
