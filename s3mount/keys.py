@@ -12,6 +12,12 @@ from s3mount.errors import InvalidName, NameTooLong
 
 NAME_MAX = 255
 KEY_MAX = 1024  # S3's limit on a key, in UTF-8 bytes
+# s3mount's own name in every directory: `dir/.s3mount-meta` holds the directory's attributes
+# where the server drops metadata on `dir/` markers (see markers.py), and `.s3mount-meta/` at the
+# mount's root holds the capability probe's scratch keys.  Never listed, never looked up, never
+# created by a user (EINVAL): the server offers no key that POSIX could not name (it refuses
+# `.`/`..` and long segments, and folds `a//b`), so one plain name is set aside.
+RESERVED_NAME = ".s3mount-meta"
 
 
 def decode_name(raw: bytes) -> str:
@@ -24,6 +30,12 @@ def decode_name(raw: bytes) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidName(f"{raw!r} is not UTF-8, and S3 keys are UTF-8") from None
+
+
+def check_not_reserved(name: str) -> None:
+    """A new name must not be s3mount's own (`RESERVED_NAME`)."""
+    if name == RESERVED_NAME:
+        raise InvalidName(f"{name} is reserved by s3mount for directory attributes")
 
 
 def is_posix_segment(segment: str) -> bool:
@@ -55,11 +67,12 @@ def split_listing_name(prefix: str, key: str) -> str | None:
     """The entry name `key` gives in the listing of `prefix`, or None if it is not a POSIX name.
 
     Works for both objects (`prefix + name`) and common prefixes (`prefix + name + "/"`).
+    s3mount's own keys (`RESERVED_NAME`) are never entries.
     """
     rest = key[len(prefix):]
     if rest.endswith("/"):
         rest = rest[:-1]
-    if not is_posix_segment(rest) or "/" in rest:
+    if not is_posix_segment(rest) or "/" in rest or rest == RESERVED_NAME:
         return None
     return rest
 

@@ -18,6 +18,7 @@ import datetime
 import email.utils
 import logging
 import time
+import urllib.parse
 import warnings
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,7 @@ from botocore.exceptions import (
 
 from s3mount import errors
 from s3mount.blocking import run_blocking
+from s3mount.capabilities import Capabilities
 from s3mount.config import MountConfig
 from s3mount.store import EXPECT_ABSENT, ListPage, ObjectInfo
 
@@ -143,7 +145,22 @@ def build_client(config: MountConfig) -> Any:
                                  status=2) from None
     # "Expect: 100-continue" costs every upload a second round trip; S3 does not need it.
     client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
+    if config.signature_version == "v2":
+        client.meta.events.register("before-sign.s3", send_the_signed_path)
     return client
+
+
+def send_the_signed_path(request: Any, **_: Any) -> None:
+    """SigV2: a request on the bucket itself (HEAD bucket, listings, DeleteObjects) is signed
+    for the resource `/bucket/` but botocore sends the path `/bucket`; a server that verifies
+    the signature over the path it receives (SeaweedFS) then refuses it.  Send `/bucket/`, the
+    path signed, which S3 treats as the same bucket request."""
+    signed = getattr(request, "auth_path", None)
+    if not signed or not signed.endswith("/"):
+        return
+    parts = urllib.parse.urlsplit(request.url)
+    if parts.path + "/" == signed:
+        request.url = urllib.parse.urlunsplit(parts._replace(path=signed))
 
 
 def parse_timestamp(value: str) -> datetime.datetime:
@@ -168,6 +185,16 @@ def _condition(expect: str | None) -> dict[str, str]:
     if expect == EXPECT_ABSENT:
         return {"IfNoneMatch": "*"}
     return {"IfMatch": f'"{expect}"'}
+
+
+def _next_marker(resp: dict[str, Any]) -> str | None:
+    """Where a truncated ListObjects (V1) page goes on: its NextMarker, which servers send only
+    with a delimiter, else the last key or common prefix it returned."""
+    if resp.get("NextMarker"):
+        return str(resp["NextMarker"])
+    last = [o["Key"] for o in resp.get("Contents", [])] + [
+        p["Prefix"] for p in resp.get("CommonPrefixes", [])]
+    return max(last) if last else None
 
 
 def _etag(response: dict[str, Any]) -> str:
@@ -198,8 +225,10 @@ class RequestStats:
 class S3Store:
     """An S3 bucket, or a prefix of one, as an `ObjectStore`."""
 
-    def __init__(self, client: Any, bucket: str, prefix: str, limiter: Any) -> None:
+    def __init__(self, client: Any, bucket: str, prefix: str, limiter: Any,
+                 capabilities: Capabilities | None = None) -> None:
         self.client = client
+        self.capabilities = capabilities or Capabilities()
         self.bucket = bucket
         self.prefix = prefix
         self.limiter = limiter
@@ -248,17 +277,21 @@ class S3Store:
                                   "MaxKeys": max_keys}
         if delimiter:
             kwargs["Delimiter"] = delimiter
+        v2 = self.capabilities.list_v2
         if token:
-            kwargs["ContinuationToken"] = token
-        if start_after is not None:
-            kwargs["StartAfter"] = self._full(start_after)
-        resp = await self._call(f"LIST {prefix}", self.client.list_objects_v2, **kwargs)
+            kwargs["ContinuationToken" if v2 else "Marker"] = token
+        elif start_after is not None:
+            kwargs["StartAfter" if v2 else "Marker"] = self._full(start_after)
+        listing = self.client.list_objects_v2 if v2 else self.client.list_objects
+        resp = await self._call(f"LIST {prefix}", listing, **kwargs)
         cut = len(self.prefix)
         objects = [ObjectInfo(o["Key"][cut:], int(o["Size"]), _etag(o),
                               o["LastModified"].timestamp(), None)
                    for o in resp.get("Contents", [])]
         prefixes = [p["Prefix"][cut:] for p in resp.get("CommonPrefixes", [])]
-        next_token = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
+        next_token = None
+        if resp.get("IsTruncated"):
+            next_token = resp.get("NextContinuationToken") if v2 else _next_marker(resp)
         return ListPage(objects, prefixes, next_token)
 
     def _range_args(self, key: str, start: int, end: int, etag: str | None) -> dict[str, Any]:
@@ -393,7 +426,11 @@ class S3Store:
 
     async def upload_part_copy(self, key: str, upload_id: str, number: int, source: str,
                                start: int, end: int, source_etag: str | None) -> str:
-        """Part `number` copied server-side from bytes [start, end) of object `source`."""
+        """Part `number` copied server-side from bytes [start, end) of object `source`; where
+        the server has no UploadPartCopy, those bytes are fetched and sent instead."""
+        if not self.capabilities.upload_part_copy:
+            return await self._upload_part_fetched(key, upload_id, number, source, start, end,
+                                                   source_etag)
         kwargs: dict[str, Any] = {
             "Bucket": self.bucket, "Key": self._full(key), "UploadId": upload_id,
             "PartNumber": number, "CopySource": {"Bucket": self.bucket, "Key": self._full(source)},
@@ -403,6 +440,15 @@ class S3Store:
         resp = await self._call(f"PART-COPY {number} of {key}", self.client.upload_part_copy,
                                 **kwargs)
         return _etag(resp.get("CopyPartResult", {}))
+
+    async def _upload_part_fetched(self, key: str, upload_id: str, number: int, source: str,
+                                   start: int, end: int, source_etag: str | None) -> str:
+        data = await self.get_range(source, start, end, source_etag)
+        resp = await self._call(f"PART {number} of {key}", self.client.upload_part,
+                                Bucket=self.bucket, Key=self._full(key), UploadId=upload_id,
+                                PartNumber=number, Body=data)
+        self.stats.bytes_out += len(data)
+        return _etag(resp)
 
     async def complete_multipart(self, key: str, upload_id: str,
                                  parts: list[tuple[int, str]], expect: str | None = None) -> str:

@@ -105,7 +105,9 @@ class SeaweedFS:
                 "-filer", f"-filer.port={filer}", "-s3", f"-s3.port={self.port}",
                 f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
                 # small volumes: the default 30 GB preallocation is not wanted on a test disk
-                "-master.volumeSizeLimitMB=1024", "-volume.max=0"]
+                "-master.volumeSizeLimitMB=1024", "-volume.max=0",
+                # on by default: it would post statistics to telemetry.seaweedfs.com
+                "-master.telemetry=false"]
 
     def start(self, timeout: float = 90) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

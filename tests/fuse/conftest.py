@@ -22,7 +22,7 @@ def make_mount(s3_server, tmp_path):
 
     def make(source: str, *extra: str, name: str = "mnt") -> Mount:
         m = Mount(s3_server.endpoint, source, tmp_path / name, tmp_path / f"{name}-cache",
-                  list(extra))
+                  [*s3_server.mount_args, *extra])
         m.expected_problems = []  # type: ignore[attr-defined]
         m.start()
         mounts.append(m)
