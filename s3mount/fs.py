@@ -22,8 +22,14 @@ from s3mount.config import MountConfig
 from s3mount.files import FileData
 from s3mount.handles import FileHandle, HandleTable
 from s3mount.inodes import ROOT_INODE, Inode, InodeTable
-from s3mount.keys import check_key_length, check_not_reserved, decode_name, dir_prefix, join
-from s3mount.markers import deletion_order
+from s3mount.keys import (
+    check_key_length,
+    check_not_reserved,
+    decode_name,
+    deletion_order,
+    dir_prefix,
+    join,
+)
 from s3mount.namespace import Namespace
 from s3mount.store import (
     DIRECTORY_CONTENT_TYPE,

@@ -81,3 +81,18 @@ def conflict_key(key: str, when: float | None = None) -> str:
     """Where our version goes when another client changed the object under us."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
     return f"{key}.s3mount-conflict-{stamp}"
+
+
+def deletion_order(top: str, keys: list[str]) -> list[str]:
+    """The keys of a directory tree under `top` (`dir/`) to delete, with the marker of every
+    directory in it (whether one exists or not: deleting a missing key is no error), deepest
+    first and each directory after its contents.  A server that keeps folders as entries of
+    their own (SeaweedFS) removes one on the DELETE of its `dir/` key once it is empty, and
+    otherwise keeps showing it, empty, as a common prefix."""
+    wanted = set(keys)
+    for key in keys:
+        end = key.rfind("/", 0, len(key) - 1)
+        while end >= len(top) - 1:
+            wanted.add(key[:end + 1])
+            end = key.rfind("/", 0, end)
+    return sorted(wanted, key=lambda k: (-k.count("/"), k.endswith("/"), k))

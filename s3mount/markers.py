@@ -94,21 +94,6 @@ class MarkerStore:
             await self.store.delete_many([attribute_key(key), key])
 
 
-def deletion_order(top: str, keys: list[str]) -> list[str]:
-    """The keys of a directory tree under `top` (`dir/`) to delete, with the marker of every
-    directory in it (whether one exists or not: deleting a missing key is no error), deepest
-    first and each directory after its contents.  A server that keeps folders as entries of
-    their own (SeaweedFS) removes one on the DELETE of its `dir/` key once it is empty, and
-    otherwise keeps showing it, empty, as a common prefix."""
-    wanted = set(keys)
-    for key in keys:
-        end = key.rfind("/", 0, len(key) - 1)
-        while end >= len(top) - 1:
-            wanted.add(key[:end + 1])
-            end = key.rfind("/", 0, end)
-    return sorted(wanted, key=lambda k: (-k.count("/"), k.endswith("/"), k))
-
-
 def _as_marker(key: str, found: ObjectInfo) -> ObjectInfo:
     """The marker as the attribute object describes it."""
     return ObjectInfo(key, 0, found.etag, found.mtime, found.metadata)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from s3mount.capabilities import Capabilities
-from s3mount.keys import RESERVED_NAME
+from s3mount.keys import RESERVED_NAME, deletion_order
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ PROBE_MODE = "16877"  # drwxr-xr-x, as a marker's mode header
 def probe(client: Any, bucket: str, prefix: str, read_only: bool) -> Capabilities:
     """What the endpoint of `bucket` supports, as seen from keys under `prefix`."""
     scratch = f"{prefix}{RESERVED_NAME}/probe-{secrets.token_hex(6)}/"
-    prober = Prober(client, bucket, scratch)
+    prober = Prober(client, bucket, scratch, f"{prefix}{RESERVED_NAME}/")
     list_v2 = prober.lists_v2()
     if read_only:
         return Capabilities(conditional_put=None, marker_metadata=None,
@@ -50,10 +50,11 @@ def probe(client: Any, bucket: str, prefix: str, read_only: bool) -> Capabilitie
 
 
 class Prober:
-    def __init__(self, client: Any, bucket: str, scratch: str) -> None:
+    def __init__(self, client: Any, bucket: str, scratch: str, top: str) -> None:
         self.client = client
         self.bucket = bucket
         self.scratch = scratch
+        self.top = top  # the folder of every probe's scratch keys, removed when empty
         self.made: set[str] = set()
         self.error = client.exceptions.ClientError
 
@@ -138,7 +139,11 @@ class Prober:
             log.info("UploadPartCopy refused: %s", exc)
             return False
         finally:
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload)
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key,
+                                                   UploadId=upload)
+            except self.error as exc:  # an upload left over is no key, and no answer either
+                log.info("capability probe: multipart upload %s not aborted: %s", key, exc)
         return True
 
     def checksums(self) -> bool:
@@ -152,11 +157,13 @@ class Prober:
         return bool(head.get("ChecksumSHA256"))
 
     def clean_up(self) -> None:
-        """Delete the scratch keys; should that fail, they stay hidden (see the docstring)."""
+        """Delete the scratch keys, and their folders where the server keeps folders; should
+        that fail, they stay hidden (see the docstring)."""
         if not self.made:
             return
+        keys = deletion_order(self.top, sorted(self.made))
         try:
             self.client.delete_objects(Bucket=self.bucket, Delete={
-                "Objects": [{"Key": k} for k in sorted(self.made)], "Quiet": True})
+                "Objects": [{"Key": k} for k in keys], "Quiet": True})
         except Exception as exc:  # noqa: BLE001 - hidden keys left over are harmless
             log.info("capability probe: scratch keys under %s not deleted: %s", self.scratch, exc)

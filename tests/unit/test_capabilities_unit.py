@@ -6,7 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from s3mount.capabilities import Capabilities
-from s3mount.markers import deletion_order
+from s3mount.keys import deletion_order
 from s3mount.s3 import send_the_signed_path
 
 
