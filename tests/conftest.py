@@ -43,6 +43,7 @@ class _Servers:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.running: dict[str, MotoServer | SeaweedServer] = {}
+        self.spent: list[str] = []  # SeaweedFS buckets of tests done, to delete
 
     def get(self, name: str) -> MotoServer | SeaweedServer | SigV2View:
         if name == "seaweedfs-sigv2":
@@ -95,7 +96,15 @@ def s3_client(s3_server):
 
 
 @pytest.fixture
-def bucket(s3_client) -> str:
+def bucket(s3_server, s3_client, _servers):
+    if s3_server.name == "seaweedfs":
+        # Each bucket holds volumes of its own (7 at first), and a server sized by the free
+        # disk has room for a few dozen: the buckets of tests already done go (their mounts
+        # are down by now; at their own teardown they might not be yet).
+        while _servers.spent:
+            s3_client.delete_bucket(Bucket=_servers.spent.pop())
     name = f"bucket-{next(_counter)}"
     s3_client.create_bucket(Bucket=name)
-    return name
+    yield name
+    if s3_server.name == "seaweedfs":
+        _servers.spent.append(name)

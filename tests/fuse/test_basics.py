@@ -164,9 +164,13 @@ def test_bad_names_get_clear_errno(mounted, s3_client, bucket):
     assert bucket_objects(s3_client, bucket) == {}
 
 
-def test_unrepresentable_keys_do_not_break_listing(mounted, s3_client, bucket):
+def test_unrepresentable_keys_do_not_break_listing(mounted, s3_server, s3_client, bucket):
     for key in ["ok.txt", "a//b", "./dot", "x/../y", "long/" + "z" * 300]:
-        s3_client.put_object(Bucket=bucket, Key=key, Body=b"1")
+        try:
+            s3_client.put_object(Bucket=bucket, Key=key, Body=b"1")
+        except s3_client.exceptions.ClientError:
+            # SeaweedFS refuses `.`/`..` segments and long ones (and folds `a//b` into `a/b`)
+            assert s3_server.name == "seaweedfs" and key != "ok.txt"
     names = os.listdir(mounted.path)
     assert "ok.txt" in names
     assert all(n not in ("", ".", "..") for n in names)

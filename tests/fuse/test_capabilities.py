@@ -9,7 +9,7 @@ import os
 import re
 
 import pytest
-from helpers import Mount, S3rver, bucket_objects, s3rver_script
+from helpers import NO_CONDITIONAL_WRITES, Mount, S3rver, bucket_objects, s3rver_script
 
 # What each server was seen to support (SeaweedFS 4.48, moto 5).  moto accepts
 # x-amz-copy-source-if-match on CopyObject and copies anyway; SeaweedFS drops metadata on markers.
@@ -20,7 +20,6 @@ EXPECTED = {
                   "copy-source-if-match": "yes", "upload-part-copy": "yes", "list-v2": "yes",
                   "checksums": "yes"},
 }
-NO_CONDITIONAL_WRITES = "does not honour conditional writes"
 
 
 def capabilities(m: Mount) -> dict[str, str]:
@@ -86,12 +85,20 @@ def test_server_without_conditional_writes_mounts_with_one_warning(s3rver, tmp_p
               ["--passwd-file", str(passwd)])
     m.start()
     try:
-        assert capabilities(m)["conditional-put"] == "no"
+        found = capabilities(m)
+        assert (found["conditional-put"], found["upload-part-copy"]) == ("no", "no")
         (m.path / "f.txt").write_text("written without conditions")
         (m.path / "f.txt").write_text("and overwritten")
         assert client.get_object(Bucket="noconditions", Key="f.txt")["Body"].read() == \
             b"and overwritten"
+        # No UploadPartCopy: the untouched parts of a large file are fetched and sent again.
+        big = os.urandom(17 * 1024 * 1024)
+        (m.path / "big.bin").write_bytes(big)
         m.remount()
+        with open(m.path / "big.bin", "ab") as f:
+            f.write(b"tail")
+        assert client.get_object(Bucket="noconditions", Key="big.bin")["Body"].read() == \
+            big + b"tail"
         assert (m.path / "f.txt").read_text() == "and overwritten"
     finally:
         m.stop()
