@@ -99,6 +99,9 @@ class Prober:
         except self.error as exc:
             log.info("ListObjectsV2 refused (%s): listing with ListObjects (V1)", exc)
             return False
+        except Exception as exc:  # noqa: BLE001 - no answer: keep V2, which S3 has
+            log.info("capability probe lists_v2 did not finish: %s", exc)
+            return True
         return "KeyCount" in reply or "Contents" in reply or reply.get("IsTruncated") is False
 
     def conditional_put(self) -> bool:
