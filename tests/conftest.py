@@ -98,9 +98,9 @@ def s3_client(s3_server):
 @pytest.fixture
 def bucket(s3_server, s3_client, _servers):
     if s3_server.name == "seaweedfs":
-        # Each bucket holds volumes of its own (7 at first), and a server sized by the free
-        # disk has room for a few dozen: the buckets of tests already done go (their mounts
-        # are down by now; at their own teardown they might not be yet).
+        # Each bucket holds volumes of its own (7 at its first write): the buckets of tests
+        # already done go, so a session never needs more than a few (their mounts are down by
+        # now; at their own teardown they might not be yet).
         while _servers.spent:
             s3_client.delete_bucket(Bucket=_servers.spent.pop())
     name = f"bucket-{next(_counter)}"
