@@ -22,7 +22,14 @@ from s3mount.config import MountConfig
 from s3mount.files import FileData
 from s3mount.handles import FileHandle, HandleTable
 from s3mount.inodes import ROOT_INODE, Inode, InodeTable
-from s3mount.keys import check_key_length, decode_name, dir_prefix, join
+from s3mount.keys import (
+    check_key_length,
+    check_not_reserved,
+    decode_name,
+    deletion_order,
+    dir_prefix,
+    join,
+)
 from s3mount.namespace import Namespace
 from s3mount.store import (
     DIRECTORY_CONTENT_TYPE,
@@ -70,6 +77,7 @@ class Filesystem:
 
     def new_name(self, parent: Inode, raw: bytes) -> str:
         name = decode_name(raw)
+        check_not_reserved(name)
         check_key_length(join(self.table.key(parent), name), self.config.prefix)
         return name
 
@@ -385,7 +393,7 @@ class Filesystem:
                     nursery.start_soon(copy_one, obj.key, obj.size)
         except BaseExceptionGroup as group:
             raise unwrap_group(group) from None
-        await self.store.delete_many([obj.key for obj in objects])
+        await self.store.delete_many(deletion_order(old_prefix, [obj.key for obj in objects]))
         self._rebase_staged(src, old_prefix, new_prefix, new_etags)
 
     def _rebase_staged(self, src: Inode, old_prefix: str, new_prefix: str,

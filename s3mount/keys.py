@@ -12,6 +12,12 @@ from s3mount.errors import InvalidName, NameTooLong
 
 NAME_MAX = 255
 KEY_MAX = 1024  # S3's limit on a key, in UTF-8 bytes
+# s3mount's own name in every directory: `dir/.s3mount-meta` holds the directory's attributes
+# where the server drops metadata on `dir/` markers (see markers.py), and `.s3mount-meta/` at the
+# mount's root holds the capability probe's scratch keys.  Never listed, never looked up, never
+# created by a user (EINVAL): the server offers no key that POSIX could not name (it refuses
+# `.`/`..` and long segments, and folds `a//b`), so one plain name is set aside.
+RESERVED_NAME = ".s3mount-meta"
 
 
 def decode_name(raw: bytes) -> str:
@@ -24,6 +30,12 @@ def decode_name(raw: bytes) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidName(f"{raw!r} is not UTF-8, and S3 keys are UTF-8") from None
+
+
+def check_not_reserved(name: str) -> None:
+    """A new name must not be s3mount's own (`RESERVED_NAME`)."""
+    if name == RESERVED_NAME:
+        raise InvalidName(f"{name} is reserved by s3mount for directory attributes")
 
 
 def is_posix_segment(segment: str) -> bool:
@@ -55,11 +67,12 @@ def split_listing_name(prefix: str, key: str) -> str | None:
     """The entry name `key` gives in the listing of `prefix`, or None if it is not a POSIX name.
 
     Works for both objects (`prefix + name`) and common prefixes (`prefix + name + "/"`).
+    s3mount's own keys (`RESERVED_NAME`) are never entries.
     """
     rest = key[len(prefix):]
     if rest.endswith("/"):
         rest = rest[:-1]
-    if not is_posix_segment(rest) or "/" in rest:
+    if not is_posix_segment(rest) or "/" in rest or rest == RESERVED_NAME:
         return None
     return rest
 
@@ -68,3 +81,18 @@ def conflict_key(key: str, when: float | None = None) -> str:
     """Where our version goes when another client changed the object under us."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
     return f"{key}.s3mount-conflict-{stamp}"
+
+
+def deletion_order(top: str, keys: list[str]) -> list[str]:
+    """The keys of a directory tree under `top` (`dir/`) to delete, with the marker of every
+    directory in it (whether one exists or not: deleting a missing key is no error), deepest
+    first and each directory after its contents.  A server that keeps folders as entries of
+    their own (SeaweedFS) removes one on the DELETE of its `dir/` key once it is empty, and
+    otherwise keeps showing it, empty, as a common prefix."""
+    wanted = set(keys)
+    for key in keys:
+        end = key.rfind("/", 0, len(key) - 1)
+        while end >= len(top) - 1:
+            wanted.add(key[:end + 1])
+            end = key.rfind("/", 0, end)
+    return sorted(wanted, key=lambda k: (-k.count("/"), k.endswith("/"), k))

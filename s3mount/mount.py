@@ -21,9 +21,10 @@ from typing import Any
 import pyfuse3
 import trio
 
-from s3mount import heap, status
+from s3mount import heap, probing, status
 from s3mount.blockcache import BlockCache
 from s3mount.blocking import Background, Limiters, run_blocking
+from s3mount.capabilities import Capabilities
 from s3mount.config import MountConfig
 from s3mount.errors import ConfigError
 from s3mount.files import FileData
@@ -31,6 +32,8 @@ from s3mount.fs import Filesystem
 from s3mount.fuse_ops import FuseOperations
 from s3mount.handles import HandleTable
 from s3mount.inodes import InodeTable
+from s3mount.keys import RESERVED_NAME
+from s3mount.markers import MarkerStore
 from s3mount.namespace import Namespace
 from s3mount.notify import Notifier
 from s3mount.recovery import Recovery
@@ -47,7 +50,10 @@ STATUS_INTERVAL = 5.0  # seconds between STATUS= updates while serving
 
 
 def build_filesystem(config: MountConfig, store: Any, limiters: Limiters,
-                     background: Background | None = None) -> Filesystem:
+                     background: Background | None = None,
+                     capabilities: Capabilities | None = None) -> Filesystem:
+    capabilities = capabilities or Capabilities()
+    store = MarkerStore(store, capabilities)
     cache_dir = config.cache_path()
     cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(cache_dir, 0o700)
@@ -59,8 +65,26 @@ def build_filesystem(config: MountConfig, store: Any, limiters: Limiters,
                         limiters.disk)
     files = FileData(store, namespace, uploader, limiters, cache_dir / "staging", blocks,
                      background, config.max_readahead,
-                     config.conditional_writes)
+                     config.conditional_writes and capabilities.conditional_put is not False)
     return Filesystem(config, store, table, namespace, files, HandleTable())
+
+
+def find_capabilities(config: MountConfig, client: Any) -> Capabilities:
+    """Probe the endpoint once, say what was found, and warn of what is missing."""
+    found = probing.probe(client, config.bucket, config.prefix, config.read_only)
+    log.info("endpoint capabilities: %s%s", found.summary(),
+             " (a read-only mount writes no probes)" if config.read_only else "")
+    if found.conditional_put is False and config.conditional_writes:
+        log.warning("the endpoint does not honour conditional writes (If-None-Match/If-Match): "
+                    "writing as with --no-conditional-writes, so a file changed by another "
+                    "client meanwhile is overwritten instead of kept under a conflict name")
+    if found.marker_metadata is False:
+        log.info("the endpoint drops metadata on directory markers: directory attributes are "
+                 "kept in a hidden %s object in each directory", RESERVED_NAME)
+    if found.upload_part_copy is False:
+        log.info("the endpoint has no UploadPartCopy: unchanged parts of a large file being "
+                 "rewritten are downloaded and uploaded again")
+    return found
 
 
 def fuse_options(config: MountConfig) -> set[str]:
@@ -103,9 +127,11 @@ def recover(config: MountConfig, fs: Filesystem) -> None:
 def run(config: MountConfig, client: Any, on_ready: Callable[[], None] | None = None) -> int:
     heap.return_big_buffers()  # before any worker thread makes an arena
     limiters = Limiters(config.max_concurrency)
-    store = S3Store(client, config.bucket, config.prefix, limiters.s3, RequestArgs(config))
+    capabilities = find_capabilities(config, client)
+    store = S3Store(client, config.bucket, config.prefix, limiters.s3, RequestArgs(config),
+                    capabilities=capabilities)
     background = Background()
-    fs = build_filesystem(config, store, limiters, background)
+    fs = build_filesystem(config, store, limiters, background, capabilities)
     lock = lock_cache_dir(config.cache_path())
     recover(config, fs)
     monitor = Monitor(config, fs, store)

@@ -22,7 +22,7 @@ from s3mount.blocking import Background
 from s3mount.config import MountConfig
 from s3mount.errors import FsError, NotFound
 from s3mount.inodes import Inode, InodeTable
-from s3mount.keys import dir_prefix, join, split_listing_name
+from s3mount.keys import RESERVED_NAME, dir_prefix, join, split_listing_name
 from s3mount.store import (
     ListPage,
     ObjectInfo,
@@ -134,6 +134,8 @@ class Namespace:
 
     async def lookup(self, parent: Inode, name: str) -> Inode:
         """The inode at `parent/name`, asking the bucket when the cached answer is too old."""
+        if name == RESERVED_NAME:
+            raise NotFound(name)  # s3mount's own key, never an entry
         child = self.table.child(parent.ino, name)
         ttl = self.freshness
         if child is not None and (child.staged is not None or child.local_only or child.opens
@@ -423,8 +425,11 @@ class Namespace:
                 c.local_only or c.staged is not None for c in self.table.children(directory.ino)):
             return False
         prefix = dir_prefix(self.key(directory))
-        page = await self.store.list_page(prefix, "/", max_keys=2)
-        return not page.prefixes and all(o.key == prefix for o in page.objects)
+        # Its marker and its attribute object (markers.py) sort before most names, but not all:
+        # three keys show whether anything else is there.
+        own = (prefix, prefix + RESERVED_NAME)
+        page = await self.store.list_page(prefix, "/", max_keys=3)
+        return not page.prefixes and all(o.key in own for o in page.objects)
 
 
 def _page_entries(prefix: str, page: ListPage) -> tuple[dict[str, ObjectInfo], set[str]]:

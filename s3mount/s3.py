@@ -18,6 +18,7 @@ import datetime
 import email.utils
 import logging
 import time
+import urllib.parse
 import warnings
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,7 @@ from botocore.exceptions import (
 from s3mount import errors
 from s3mount.bigcopy import multipart_copy
 from s3mount.blocking import run_blocking
+from s3mount.capabilities import Capabilities
 from s3mount.config import MountConfig
 from s3mount.requestargs import RequestArgs
 from s3mount.store import EXPECT_ABSENT, ListPage, ObjectInfo
@@ -153,7 +155,22 @@ def build_client(config: MountConfig) -> Any:
                 request.headers[name] = value
 
         client.meta.events.register("before-sign.s3", add_headers)
+    if config.signature_version == "v2":
+        client.meta.events.register("before-sign.s3", send_the_signed_path)
     return client
+
+
+def send_the_signed_path(request: Any, **_: Any) -> None:
+    """SigV2: a request on the bucket itself (HEAD bucket, listings, DeleteObjects) is signed
+    for the resource `/bucket/` but botocore sends the path `/bucket`; a server that verifies
+    the signature over the path it receives (SeaweedFS) then refuses it.  Send `/bucket/`, the
+    path signed, which S3 treats as the same bucket request."""
+    signed = getattr(request, "auth_path", None)
+    if not signed or not signed.endswith("/"):
+        return
+    parts = urllib.parse.urlsplit(request.url)
+    if parts.path + "/" == signed:
+        request.url = urllib.parse.urlunsplit(parts._replace(path=signed))
 
 
 def parse_timestamp(value: str) -> datetime.datetime:
@@ -178,6 +195,16 @@ def _condition(expect: str | None) -> dict[str, str]:
     if expect == EXPECT_ABSENT:
         return {"IfNoneMatch": "*"}
     return {"IfMatch": f'"{expect}"'}
+
+
+def _next_marker(resp: dict[str, Any]) -> str | None:
+    """Where a truncated ListObjects (V1) page goes on: its NextMarker, which servers send only
+    with a delimiter, else the last key or common prefix it returned."""
+    if resp.get("NextMarker"):
+        return str(resp["NextMarker"])
+    last = [o["Key"] for o in resp.get("Contents", [])] + [
+        p["Prefix"] for p in resp.get("CommonPrefixes", [])]
+    return max(last) if last else None
 
 
 def _etag(response: dict[str, Any]) -> str:
@@ -209,9 +236,11 @@ class S3Store:
     """An S3 bucket, or a prefix of one, as an `ObjectStore`."""
 
     def __init__(self, client: Any, bucket: str, prefix: str, limiter: Any,
-                 args: RequestArgs | None = None) -> None:
+                 args: RequestArgs | None = None, *,
+                 capabilities: Capabilities | None = None) -> None:
         self.client = client
         self.args = args or RequestArgs(MountConfig(bucket, prefix, ""))
+        self.capabilities = capabilities or Capabilities()
         self.part_copies = True  # False: UploadPartCopy refused, parts are read and sent
         # Checksums of the parts of unfinished uploads: (upload id, number) -> base64.
         self._part_sums: dict[tuple[str, int], str] = {}
@@ -261,17 +290,21 @@ class S3Store:
                                   "MaxKeys": max_keys}
         if delimiter:
             kwargs["Delimiter"] = delimiter
+        v2 = self.capabilities.list_v2
         if token:
-            kwargs["ContinuationToken"] = token
-        if start_after is not None:
-            kwargs["StartAfter"] = self._full(start_after)
-        resp = await self._call(f"LIST {prefix}", self.client.list_objects_v2, **kwargs)
+            kwargs["ContinuationToken" if v2 else "Marker"] = token
+        elif start_after is not None:
+            kwargs["StartAfter" if v2 else "Marker"] = self._full(start_after)
+        listing = self.client.list_objects_v2 if v2 else self.client.list_objects
+        resp = await self._call(f"LIST {prefix}", listing, **kwargs)
         cut = len(self.prefix)
         objects = [ObjectInfo(o["Key"][cut:], int(o["Size"]), _etag(o),
                               o["LastModified"].timestamp(), None)
                    for o in resp.get("Contents", [])]
         prefixes = [p["Prefix"][cut:] for p in resp.get("CommonPrefixes", [])]
-        next_token = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
+        next_token = None
+        if resp.get("IsTruncated"):
+            next_token = resp.get("NextContinuationToken") if v2 else _next_marker(resp)
         return ListPage(objects, prefixes, next_token)
 
     def _range_args(self, key: str, start: int, end: int, etag: str | None) -> dict[str, Any]:
@@ -423,12 +456,12 @@ class S3Store:
 
     async def upload_part_copy(self, key: str, upload_id: str, number: int, source: str,
                                start: int, end: int, source_etag: str | None) -> str:
-        """Part `number` copied server-side from bytes [start, end) of object `source`; or, where
-        the endpoint cannot copy it (SeaweedFS refuses a copy from an SSE-C source), read and
-        sent again."""
-        if not self.part_copies:
-            data = await self.get_range(source, start, end, source_etag)
-            return await self._send_part(key, upload_id, number, lambda: data, len(data))
+        """Part `number` copied server-side from bytes [start, end) of object `source`; where
+        the server has no UploadPartCopy, or cannot copy this source (SeaweedFS refuses a copy
+        from an SSE-C source), those bytes are fetched and sent instead."""
+        if not (self.capabilities.upload_part_copy and self.part_copies):
+            return await self._upload_part_fetched(key, upload_id, number, source, start, end,
+                                                   source_etag)
         kwargs: dict[str, Any] = {
             "Bucket": self.bucket, "Key": self._full(key), "UploadId": upload_id,
             "PartNumber": number, "CopySource": {"Bucket": self.bucket, "Key": self._full(source)},
@@ -477,6 +510,11 @@ class S3Store:
                     break
                 marker = int(resp["NextPartNumberMarker"])
         return sums
+
+    async def _upload_part_fetched(self, key: str, upload_id: str, number: int, source: str,
+                                   start: int, end: int, source_etag: str | None) -> str:
+        data = await self.get_range(source, start, end, source_etag)
+        return await self._send_part(key, upload_id, number, lambda: data, len(data))
 
     async def complete_multipart(self, key: str, upload_id: str,
                                  parts: list[tuple[int, str]], expect: str | None = None) -> str:

@@ -104,8 +104,13 @@ class SeaweedFS:
                 "-ip.bind=127.0.0.1", f"-master.port={master}", f"-volume.port={volume}",
                 "-filer", f"-filer.port={filer}", "-s3", f"-s3.port={self.port}",
                 f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-                # small volumes: the default 30 GB preallocation is not wanted on a test disk
-                "-master.volumeSizeLimitMB=1024", "-volume.max=0"]
+                # small volumes: the default 30 GB preallocation is not wanted on a test disk;
+                # a fixed count, since 0 sizes it by the free disk (free GB / 1 GB a volume,
+                # shared by every server on the disk) and each bucket takes 7 at its first
+                # write: a few buckets then exhaust it.  Volumes are files that grow as written.
+                "-master.volumeSizeLimitMB=1024", "-volume.max=500",
+                # on by default: it would post statistics to telemetry.seaweedfs.com
+                "-master.telemetry=false"]
 
     def start(self, timeout: float = 90) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

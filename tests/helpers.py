@@ -44,6 +44,9 @@ test_env.__test__ = False  # a helper, not a test
 
 
 class MotoServer:
+    name = "moto"
+    mount_args: tuple[str, ...] = ()  # what every mount of this server adds to its command
+
     def __init__(self) -> None:
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -68,6 +71,33 @@ class MotoServer:
 
     def stop(self) -> None:
         stop_process(self.proc)
+
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "scripts"))
+from seaweed import SeaweedFS  # noqa: E402 - scripts/seaweed.py, the one SeaweedFS starter
+
+
+class SeaweedServer:
+    """SeaweedFS on loopback with the suite's keys (it verifies SigV4 and SigV2)."""
+
+    name = "seaweedfs"
+    mount_args: tuple[str, ...] = ()
+
+    def __init__(self, data_dir: Path) -> None:
+        self.server = SeaweedFS(data_dir, ACCESS_KEY, SECRET_KEY)
+        self.server.start()
+        self.endpoint = self.server.endpoint
+
+    def client(self, signature: str = "s3v4"):  # type: ignore[no-untyped-def]
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
+                            aws_secret_access_key=SECRET_KEY, region_name=REGION,
+                            config=Config(signature_version=signature,
+                                          s3={"addressing_style": "path"},
+                                          request_checksum_calculation="when_required",
+                                          response_checksum_validation="when_required"))
+
+    def stop(self) -> None:
+        self.server.stop()
 
 
 def is_mounted(path: Path) -> bool:
@@ -195,6 +225,18 @@ def prerequisite(what: str, reason: str) -> None:
     pytest.fail(f"{reason}; to skip such tests set {SKIP_ENV}={what}", pytrace=False)
 
 
+ATTRIBUTE_OBJECT = ".s3mount-meta"  # keys.RESERVED_NAME
+
+
+def objects_but_attributes(client, bucket: str) -> dict[str, bytes]:
+    """The bucket's objects except directories' attribute objects (`dir/.s3mount-meta`), which
+    s3mount writes only on servers that drop metadata on markers (markers.py): for comparing the
+    keys a test made with what the bucket holds, on every server.  An empty bucket is checked
+    with `bucket_objects`, which leaves nothing out."""
+    return {k: v for k, v in bucket_objects(client, bucket).items()
+            if k.rsplit("/", 1)[-1] != ATTRIBUTE_OBJECT}
+
+
 def have(program: str) -> bool:
     return shutil.which(program) is not None
 
@@ -226,7 +268,17 @@ def wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
             time.sleep(0.1)
 
 
-# -- s3rver, the suite's second S3 server (npm) ------------------------------------------------
+# -- s3rver, an S3 server without conditional writes (npm) ------------------------------------
+
+# The one WARNING a mount of s3rver logs: the probe at mount finds If-None-Match/If-Match ignored.
+NO_CONDITIONAL_WRITES = "does not honour conditional writes"
+
+
+def problems_but_no_conditions(m: Mount) -> list[str]:
+    """A mount's WARNING/ERROR lines, but for the one that says the server has no conditional
+    writes."""
+    return [p for p in m.problems() if NO_CONDITIONAL_WRITES not in p]
+
 
 S3RVER_VERSION = "3.7.1"
 S3RVER_KEY = "S3RVER"

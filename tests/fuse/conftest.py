@@ -12,15 +12,10 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
-import boto3
 import pytest
-from botocore.config import Config
-from helpers import ACCESS_KEY, REGION, SECRET_KEY, Mount, check_log, is_mounted, prerequisite
+from helpers import Mount, check_log, is_mounted, prerequisite
 
 
 def pytest_collection_modifyitems(config, items):
@@ -44,7 +39,7 @@ def make_mount(s3_server, tmp_path):
 
     def make(source: str, *extra: str, name: str = "mnt", endpoint: str | None = None) -> Mount:
         m = Mount(endpoint or s3_server.endpoint, source, tmp_path / name,
-                  tmp_path / f"{name}-cache", list(extra))
+                  tmp_path / f"{name}-cache", [*s3_server.mount_args, *extra])
         m.start()
         mounts.append(m)
         return m
@@ -91,32 +86,21 @@ def mountpoint(tmp_path):
         subprocess.run(["fusermount3", "-u", "-z", str(path)])
 
 
-# -- a SeaweedFS server for the tests that need what moto lacks (helper F) ----------------------
+# -- SeaweedFS for the tests that need what moto lacks ------------------------------------------
 # moto 5.2 ignores If-Match on CompleteMultipartUpload and x-amz-copy-source-if-match; SeaweedFS
-# (a real object store, scripts/seaweed.py) enforces both.
-
-_seaweed_buckets = itertools.count()
+# (a real object store, scripts/seaweed.py) enforces both.  The session's one SeaweedFS server.
 
 
 @pytest.fixture(scope="session")
-def seaweed(tmp_path_factory):
-    sys.path.insert(0, str(Path(__file__).parents[2] / "scripts"))
-    from seaweed import SeaweedFS
-
-    data = tmp_path_factory.mktemp("seaweed")
-    server = SeaweedFS(data, ACCESS_KEY, SECRET_KEY)
-    server.start()
-    server.client = boto3.client(  # type: ignore[attr-defined]
-        "s3", endpoint_url=server.endpoint, aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY, region_name=REGION,
-        config=Config(s3={"addressing_style": "path"}))
-    yield server
-    server.stop()
-    shutil.rmtree(data, ignore_errors=True)  # the 5.5 GiB test leaves ~18 GB: never keep it
+def seaweed(seaweed_server):
+    return seaweed_server
 
 
 @pytest.fixture
 def seaweed_bucket(seaweed) -> str:
     name = f"seaweed-{next(_seaweed_buckets)}"
-    seaweed.client.create_bucket(Bucket=name)
+    seaweed.client().create_bucket(Bucket=name)
     return name
+
+
+_seaweed_buckets = itertools.count()

@@ -8,7 +8,7 @@ import os
 import stat
 
 import pytest
-from helpers import bucket_objects
+from helpers import bucket_objects, objects_but_attributes
 
 
 def test_write_read_and_persist(mounted, s3_client, bucket):
@@ -97,7 +97,7 @@ def test_rename_directory(mounted, s3_client, bucket):
     assert not src.exists()
     assert (mounted.path / "dst/one").read_text() == "1"
     assert (mounted.path / "dst/sub/two").read_text() == "2"
-    keys = set(bucket_objects(s3_client, bucket))
+    keys = set(objects_but_attributes(s3_client, bucket))
     assert keys == {"dst/", "dst/one", "dst/sub/", "dst/sub/two"}
     mounted.remount()
     assert (mounted.path / "dst/sub/two").read_text() == "2"
@@ -163,9 +163,13 @@ def test_bad_names_get_clear_errno(mounted, s3_client, bucket):
     assert bucket_objects(s3_client, bucket) == {}
 
 
-def test_unrepresentable_keys_do_not_break_listing(mounted, s3_client, bucket):
+def test_unrepresentable_keys_do_not_break_listing(mounted, s3_server, s3_client, bucket):
     for key in ["ok.txt", "a//b", "./dot", "x/../y", "long/" + "z" * 300]:
-        s3_client.put_object(Bucket=bucket, Key=key, Body=b"1")
+        try:
+            s3_client.put_object(Bucket=bucket, Key=key, Body=b"1")
+        except s3_client.exceptions.ClientError:
+            # SeaweedFS refuses `.`/`..` segments and long ones (and folds `a//b` into `a/b`)
+            assert s3_server.name == "seaweedfs" and key != "ok.txt"
     names = os.listdir(mounted.path)
     assert "ok.txt" in names
     assert all(n not in ("", ".", "..") for n in names)

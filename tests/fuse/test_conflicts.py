@@ -118,7 +118,7 @@ def test_two_mounts_writing_one_file_at_once_lose_nothing(make_mount, request, s
     so there the later commit silently replaces the earlier one."""
     if size > 16 * 1024 * 1024:
         server = request.getfixturevalue("seaweed")
-        client, bucket = server.client, request.getfixturevalue("seaweed_bucket")
+        client, bucket = server.client(), request.getfixturevalue("seaweed_bucket")
     else:
         server = request.getfixturevalue("s3_server")
         client, bucket = request.getfixturevalue("s3_client"), request.getfixturevalue("bucket")

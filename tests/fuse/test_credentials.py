@@ -32,6 +32,7 @@ import boto3
 import pytest
 from botocore.config import Config
 from helpers import (
+    NO_CONDITIONAL_WRITES,
     S3RVER_KEY,
     Mount,
     S3rver,
@@ -230,8 +231,8 @@ def test_sigv2_each_credential_source_on_s3rver(s3rver, mounts, tmp_path, source
     extra = credential_source(source, S3RVER_KEY, S3RVER_KEY, tmp_path / "creds", env)
     m = mount_with(mounts, s3rver.endpoint, bucket, tmp_path, env,
                    ["--signature-version", "v2", *extra])
+    m.expect(NO_CONDITIONAL_WRITES, count=1)  # s3rver ignores If-Match/If-None-Match
     exercise(m, client, bucket)
-    assert not m.problems(), m.problems()
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -357,8 +358,8 @@ def test_tls_with_ca_bundle(s3rver_tls, mounts, tmp_path):
     extra = credential_source("env", S3RVER_KEY, S3RVER_KEY, tmp_path / "c", env)
     m = mount_with(mounts, s3rver_tls.endpoint, bucket, tmp_path, env,
                    ["--ca-bundle", str(s3rver_tls.tls[1]), *extra])
+    m.expect(NO_CONDITIONAL_WRITES, count=1)  # s3rver ignores If-Match/If-None-Match
     exercise(m, client, bucket)
-    assert not m.problems(), m.problems()
 
 
 def test_tls_without_verification(s3rver_tls, mounts, tmp_path):
@@ -368,6 +369,7 @@ def test_tls_without_verification(s3rver_tls, mounts, tmp_path):
     extra = credential_source("env", S3RVER_KEY, S3RVER_KEY, tmp_path / "c", env)
     m = mount_with(mounts, s3rver_tls.endpoint, bucket, tmp_path, env,
                    ["--no-verify-ssl", *extra])
+    m.expect(NO_CONDITIONAL_WRITES, count=1)  # s3rver ignores If-Match/If-None-Match
     m.expect("TLS certificates of https://127.0.0.1", count=1)  # "... are not verified"
     (m.path / "f").write_text("unverified")
     assert client.get_object(Bucket=bucket, Key="f")["Body"].read() == b"unverified"

@@ -14,7 +14,6 @@ import base64
 import hashlib
 import os
 import re
-import sys
 import urllib.parse
 from pathlib import Path
 
@@ -319,21 +318,6 @@ def test_checksum_crc32c_without_awscrt(s3_server, bucket, tmp_path):
 # one), and a body whose x-amz-checksum-sha256 does not match (BadDigest).  It cannot copy a
 # part of an SSE-C object (UploadPartCopy: NotImplemented): the mount then reads the part and
 # sends it again.
-
-
-@pytest.fixture(scope="module")
-def seaweed(tmp_path_factory):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-    from seaweed import SeaweedFS
-
-    try:
-        server = SeaweedFS(str(tmp_path_factory.mktemp("seaweed")), access_key=ACCESS_KEY,
-                           secret_key=SECRET_KEY)
-    except RuntimeError as exc:  # weed is not installed
-        pytest.skip(str(exc))
-    server.start()
-    yield server
-    server.stop()
 
 
 def seaweed_bucket(server) -> tuple[object, str]:  # type: ignore[no-untyped-def]

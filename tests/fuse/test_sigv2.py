@@ -1,10 +1,14 @@
 """SigV2 checked for real: a proxy in front of moto verifies every signature (tests/sigv2check.py),
-since no local S3 server accepts botocore's SigV2 (see test_credentials.py)."""
+for each credential source; and SeaweedFS, which verifies SigV2 itself, mounted with it (the
+real-program tests also run so, as `[seaweedfs-sigv2]`)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from faultproxy import FaultProxy
+from helpers import ACCESS_KEY, Mount, one_line_error, run_cli
 from sigv2check import SigV2Check
 from test_credentials import (
     SOURCES,
@@ -71,3 +75,35 @@ def refused_any(endpoint, bucket, tmp_path, env, extra) -> str:  # type: ignore[
     assert result.returncode != 0 and not is_mounted(m.path), result
     assert "Traceback" not in result.stderr
     return result.stderr.strip()
+
+
+def test_sigv2_on_seaweedfs(seaweed_server, tmp_path):
+    """Bucket requests included (HEAD bucket, listings, batch deletes): botocore signs them for
+    `/bucket/`, and s3mount sends that path, which the server verifies."""
+    client = seaweed_server.client()
+    client.create_bucket(Bucket="sigv2-real")
+    m = Mount(seaweed_server.endpoint, "sigv2-real", tmp_path / "mnt", tmp_path / "cache",
+              ["--signature-version", "v2"])
+    m.start()
+    try:
+        (m.path / "d").mkdir()
+        (m.path / "d/f.txt").write_text("signed with v2")
+        assert os.listdir(m.path) == ["d"]
+        os.rename(m.path / "d", m.path / "e")
+        assert (m.path / "e/f.txt").read_text() == "signed with v2"
+        m.remount()
+        assert os.listdir(m.path) == ["e"] and os.listdir(m.path / "e") == ["f.txt"]
+        assert client.get_object(Bucket="sigv2-real", Key="e/f.txt")["Body"].read() == \
+            b"signed with v2"
+    finally:
+        m.stop()
+    assert not m.problems(), m.problems()
+    passwd = tmp_path / "wrong"
+    passwd.write_text(f"{ACCESS_KEY}:not-the-secret\n")
+    passwd.chmod(0o600)
+    (tmp_path / "mnt2").mkdir()
+    result = run_cli("--endpoint-url", seaweed_server.endpoint, "--signature-version", "v2",
+                     "--passwd-file", str(passwd), "--cache-dir", str(tmp_path / "cache2"),
+                     "sigv2-real", str(tmp_path / "mnt2"))
+    assert one_line_error(result).startswith("s3mount: access denied to bucket 'sigv2-real'")
+    client.delete_bucket(Bucket="sigv2-real")
