@@ -77,9 +77,11 @@ class MarkerStore:
             raise _first_fs_error(group) from None
         return etag
 
-    async def copy(self, src: str, dst: str, size: int, metadata: dict[str, str] | None) -> str:
+    async def copy(self, src: str, dst: str, size: int, metadata: dict[str, str] | None,
+                   expect: str | None = None) -> str:
         if not is_marker(src):
-            return await self.store.copy(src, dst, size, metadata)
+            return await self.store.copy(src, dst, size, metadata, expect)
+        # A marker has no bytes to adopt by mistake, so `expect` needs no check here.
         if metadata is None:
             found = await self.head(src)
             if found is None:
