@@ -46,10 +46,12 @@ class SetAside(Exception):
 
 
 class Recovery:
-    def __init__(self, staging_dir: Path, store: ObjectStore, uploader: Uploader) -> None:
+    def __init__(self, staging_dir: Path, store: ObjectStore, uploader: Uploader,
+                 conditional: bool = True) -> None:
         self.staging_dir = staging_dir
         self.store = store
         self.uploader = uploader
+        self.conditional = conditional  # If-Match / If-None-Match on its uploads
 
     async def run(self) -> Outcome:
         outcome = Outcome()
@@ -206,9 +208,9 @@ class Recovery:
         if not changed:
             if size <= self.uploader.single_put_limit:
                 await completing(file_md5(data_path, size))
+            expect = (base or EXPECT_ABSENT) if self.conditional else None
             try:  # only over the version ours was based on: anything newer is someone else's
-                await self.uploader.upload(key, data_path, size, metadata,
-                                           base or EXPECT_ABSENT, completing)
+                await self.uploader.upload(key, data_path, size, metadata, expect, completing)
                 log.info("finished the interrupted upload of %s (%d bytes)", key, size)
                 return False
             except Stale:
