@@ -118,10 +118,14 @@ class FileData:
     async def materialize(self, inode: Inode) -> None:
         """Bring every byte of the file local, so it outlives its object (unlink while open)."""
         async with self.lock(inode):
-            staged = await self.stage(inode)
-            if staged.sent:
-                await self._settle(inode)
-            await self._fill_gaps(inode, staged, 0, staged.size)
+            await self.materialize_locked(inode)
+
+    async def materialize_locked(self, inode: Inode) -> None:
+        """`materialize`, for a caller that holds the inode's lock."""
+        staged = await self.stage(inode)
+        if staged.sent:
+            await self._settle(inode)
+        await self._fill_gaps(inode, staged, 0, staged.size)
 
     async def write(self, inode: Inode, offset: int, data: bytes) -> int:
         async with self.lock(inode):

@@ -146,12 +146,13 @@ class Filesystem:
         inode = await self.ns.lookup(parent, decode_name(raw))
         if inode.is_dir:
             raise errors.IsADirectory(inode.name)
-        await self._keep_readable(inode)
         # Under the file's lock: a commit in flight lands first, and the DELETE after it (else
         # the PUT could land after the DELETE, and the deleted file come back); a commit
-        # waiting behind this finds the file unlinked.  Out of the namespace before the DELETE
-        # is awaited: an open(2) racing this unlink fails with ENOENT, not on a missing object.
+        # waiting behind this finds the file unlinked.  Out of the namespace, with no await
+        # after `_keep_readable` looked at its opens, before the DELETE is awaited: an open(2)
+        # racing this unlink either made it keep the file readable or fails with ENOENT.
         async with self.files.lock(inode):
+            await self._keep_readable(inode, locked=True)
             key = self.table.key(inode)
             self.table.detach(inode)
             if inode.etag is not None:
@@ -308,12 +309,15 @@ class Filesystem:
         self.ns.forget_negative(dst_dir, new_name)
         await self._journal_tree(src)
 
-    async def _keep_readable(self, inode: Inode) -> None:
+    async def _keep_readable(self, inode: Inode, locked: bool = False) -> None:
         """An open file losing its key (unlink, replaced by a rename) stays readable, as on a
         disk: every byte of it comes local, from its object or its unfinished upload."""
         staged = inode.staged
         if inode.opens and (inode.etag is not None or staged is not None and staged.sent):
-            await self.files.materialize(inode)
+            if locked:  # the caller holds the inode's lock
+                await self.files.materialize_locked(inode)
+            else:
+                await self.files.materialize(inode)
 
     @asynccontextmanager
     async def _lock_tree(self, top: Inode) -> AsyncIterator[None]:
