@@ -100,8 +100,8 @@ def test_power_cut_never_uploads_zeros(crashable, s3_client, bucket, how):
     # Nothing was synced before the cut, so nothing of ours is provably local: the object
     # keeps its old bytes everywhere (and is never zeros, never shorter).
     zeros = sum(1 for i in range(0, len(body), 4096) if body[i:i + 4096] == bytes(4096))
-    print(f"\nFAULT power cut ({how}): acknowledged {len(base)} B (8 KiB written), in bucket "
-          f"{len(body)} B, {zeros} zero pages")
+    print(f"\nFAULT power cut ({how}): acknowledged 8192 B (never synced) over a {len(base)} B "
+          f"object; in bucket {len(body)} B, the old bytes, {zeros} zero pages")
     assert len(body) == len(base) and zeros == 0
     assert body == base
     assert list(bucket_objects(s3_client, bucket)) == ["base.bin"]
