@@ -29,13 +29,14 @@ from s3mount.parts import part_span, parts_within
 from s3mount.reading import KeyGone, ObjectReader
 from s3mount.staging import StagedFile
 from s3mount.store import EXPECT_ABSENT, ObjectStore, PosixAttrs, encode_attrs, encode_xattrs
-from s3mount.uploader import Uploader
+from s3mount.uploader import Uploader, file_md5
 
 log = logging.getLogger(__name__)
 
 FETCH_CHUNK = 8 * 1024 * 1024
 RETRY_FIRST = 2.0  # seconds before a failed commit is tried again in the background
 RETRY_MAX = 60.0
+SYNC_EVERY = 3.0  # seconds a write may wait before its data and journal go to the disk
 
 
 class FileData:
@@ -53,6 +54,7 @@ class FileData:
         self.reader = ObjectReader(store, cache, background, max_readahead)
         self._locks: dict[int, trio.Lock] = {}
         self._retrying: set[int] = set()
+        self._syncing: set[int] = set()
         self.conditional = conditional  # If-Match / If-None-Match on commits
         self.space = SpaceGuard(staging_dir, cache, limiters)
 
@@ -87,8 +89,23 @@ class FileData:
         meta = {k: v for k, v in self.metadata(inode).items() if k != "mtime"}
         fields = {"key": self.namespace.key(inode), "metadata": meta,
                   "upload_id": staged.upload.upload_id if staged.upload else None}
-        if fields != staged.journal:
+        if staged.journal is None or any(staged.journal.get(k) != v for k, v in fields.items()):
             await self._disk(lambda: staged.set_journal(**fields))
+        if staged.unsynced and inode.ino not in self._syncing and self.background.start(
+                self._sync_soon, inode):
+            self._syncing.add(inode.ino)
+
+    async def _sync_soon(self, inode: Inode) -> None:
+        """Writes are journaled cheaply (see journal.py); every few seconds their data and a
+        checkpoint go to the disk, so a power cut loses at most those seconds."""
+        try:
+            await trio.sleep(SYNC_EVERY)
+            async with self.lock(inode):
+                staged = inode.staged
+                if staged is not None and staged.unsynced and staged.journal is not None:
+                    await self._disk(staged.sync)
+        finally:
+            self._syncing.discard(inode.ino)
 
     async def _fill_gaps(self, inode: Inode, staged: StagedFile, start: int, end: int) -> None:
         key = self.namespace.key(inode)
@@ -101,10 +118,14 @@ class FileData:
     async def materialize(self, inode: Inode) -> None:
         """Bring every byte of the file local, so it outlives its object (unlink while open)."""
         async with self.lock(inode):
-            staged = await self.stage(inode)
-            if staged.sent:
-                await self._settle(inode)
-            await self._fill_gaps(inode, staged, 0, staged.size)
+            await self.materialize_locked(inode)
+
+    async def materialize_locked(self, inode: Inode) -> None:
+        """`materialize`, for a caller that holds the inode's lock."""
+        staged = await self.stage(inode)
+        if staged.sent:
+            await self._settle(inode)
+        await self._fill_gaps(inode, staged, 0, staged.size)
 
     async def write(self, inode: Inode, offset: int, data: bytes) -> int:
         async with self.lock(inode):
@@ -204,6 +225,10 @@ class FileData:
         try:
             if staged.upload is None and staged.size <= self.uploader.single_put_limit:
                 await self._fill_gaps(inode, staged, 0, staged.size)
+                # fsync(2) makes the file durable, and a crash once the PUT is done must find
+                # it ours: the checkpoint names every byte, and the ETag the PUT will get.
+                md5 = await self._disk(file_md5, staged.path, staged.size)
+                await self._disk(lambda: staged.sync(etag=md5))
                 etag = await self.uploader.upload(key, staged.path, staged.size,
                                                   self.metadata(inode), expect)
             else:
@@ -328,6 +353,7 @@ class FileData:
         untouched ranges of the old object are copied server-side, the rest is sent."""
         upload, staged.upload = staged.upload, None
         metadata = self.metadata(inode)
+        await self._disk(staged.sync)
         if upload is not None:
             await upload.wait_idle()
             if upload.key != key and staged.sent:  # never: a rename settles first
@@ -353,9 +379,13 @@ class FileData:
             return await self.store.upload_part(key, upload.upload_id, number, staged.path,
                                                 offset, length)
 
+        async def completing(etag: str) -> None:  # a crash once it is done finds it ours
+            await self._disk(lambda: staged.sync(etag=etag, upload_id=upload.upload_id))
+
         keep = bool(staged.sent)  # parts only the upload holds: a failure must not abort it
         try:
-            etag = await self.uploader.finish(upload, staged.size, source, expect, keep)
+            etag = await self.uploader.finish(upload, staged.size, source, expect, keep,
+                                              completing)
         except BaseException:
             if keep:
                 staged.upload = upload  # the next try completes the same upload

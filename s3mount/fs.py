@@ -13,6 +13,8 @@ import logging
 import os
 import stat
 import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 
 import trio
 
@@ -153,13 +155,17 @@ class Filesystem:
         inode = await self.ns.lookup(parent, decode_name(raw))
         if inode.is_dir:
             raise errors.IsADirectory(inode.name)
-        key = self.table.key(inode)
-        await self._keep_readable(inode)
-        # Out of the namespace before the DELETE is awaited: an open(2) racing this unlink
-        # then fails with ENOENT instead of finding the object gone under it.
-        self.table.detach(inode)
-        if inode.etag is not None:
-            await self.store.delete(key)
+        # Under the file's lock: a commit in flight lands first, and the DELETE after it (else
+        # the PUT could land after the DELETE, and the deleted file come back); a commit
+        # waiting behind this finds the file unlinked.  Out of the namespace, with no await
+        # after `_keep_readable` looked at its opens, before the DELETE is awaited: an open(2)
+        # racing this unlink either made it keep the file readable or fails with ENOENT.
+        async with self.files.lock(inode):
+            await self._keep_readable(inode, locked=True)
+            key = self.table.key(inode)
+            self.table.detach(inode)
+            if inode.etag is not None:
+                await self.store.delete(key)
 
     async def symlink(self, parent_ino: int, raw: bytes, target: bytes, uid: int,
                       gid: int) -> Inode:
@@ -315,22 +321,42 @@ class Filesystem:
                 raise errors.NotEmpty(new_name)
         new_key = join(self.table.key(dst_dir), new_name)
         await self._settle_tree(src)
-        if src.is_dir:
-            await self._rename_tree(src, new_key)
-        else:
-            await self._rename_file(src, dst, new_key)
-        if dst is not None and dst.is_dir and dst.has_marker and not src.has_marker:
-            await self.store.delete(new_key + "/")
-        self.table.move(src, dst_dir.ino, new_name)
+        # The files under a directory hold still while it moves: a commit in flight lands
+        # before the LIST, so it is copied; one waiting starts after the move, under the new key.
+        async with self._lock_tree(src) if src.is_dir else nullcontext():
+            if src.is_dir:
+                await self._rename_tree(src, new_key)
+            else:
+                await self._rename_file(src, dst, new_key)
+            if dst is not None and dst.is_dir and dst.has_marker and not src.has_marker:
+                await self.store.delete(new_key + "/")
+            self.table.move(src, dst_dir.ino, new_name)
         self.ns.forget_negative(dst_dir, new_name)
         await self._journal_tree(src)
 
-    async def _keep_readable(self, inode: Inode) -> None:
+    async def _keep_readable(self, inode: Inode, locked: bool = False) -> None:
         """An open file losing its key (unlink, replaced by a rename) stays readable, as on a
         disk: every byte of it comes local, from its object or its unfinished upload."""
         staged = inode.staged
         if inode.opens and (inode.etag is not None or staged is not None and staged.sent):
-            await self.files.materialize(inode)
+            if locked:  # the caller holds the inode's lock
+                await self.files.materialize_locked(inode)
+            else:
+                await self.files.materialize(inode)
+
+    @asynccontextmanager
+    async def _lock_tree(self, top: Inode) -> AsyncIterator[None]:
+        """Hold the lock of every file known under `top` (in inode order: no deadlock)."""
+        files, stack = [], [top]
+        while stack:
+            node = stack.pop()
+            children = self.table.children(node.ino)
+            stack.extend(children)
+            files.extend(child for child in children if not child.is_dir)
+        async with AsyncExitStack() as held:
+            for node in sorted(files, key=lambda n: n.ino):
+                await held.enter_async_context(self.files.lock(node))
+            yield
 
     async def _settle_tree(self, top: Inode) -> None:
         """Commit the files under `top` whose bytes are partly only in an unfinished upload:

@@ -118,7 +118,8 @@ def lock_cache_dir(cache_dir: Path) -> Any:
 def recover(config: MountConfig, fs: Filesystem) -> None:
     """Finish what a crashed mount of the same bucket/prefix/cache left staged."""
     staging = config.cache_path() / "staging"
-    outcome = trio.run(Recovery(staging, fs.store, fs.files.uploader).run)
+    outcome = trio.run(Recovery(staging, fs.store, fs.files.uploader,
+                                fs.files.conditional).run)
     if outcome.recovered or outcome.kept:
         log.info("recovery after a crash: %d files uploaded (%d under conflict keys), "
                  "%d kept staged", outcome.recovered, outcome.conflicts, outcome.kept)

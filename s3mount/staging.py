@@ -5,11 +5,13 @@ A staged file is a sparse file plus the extents it holds for sure (`present`).  
 byte is in the local file (holes read as zeros).  `base_valid` only ever shrinks (truncate), so a
 byte once cut off is never read back from the old object.
 
-Crash safety: while a staged file is dirty, a journal beside it (`NAME.json`) names its key, its
-metadata, its base version and, when there is a base, the extents written locally.  Staging file +
-journal are enough to finish the upload at the next mount after SIGKILL (see `recovery.py`).  The
-journal is rewritten by rename, so it is always whole; a file without a base needs no extents (the
-staging file is the whole content), so only writes over a base rewrite it.
+Crash safety: while a staged file is dirty, a checkpoint beside it (`NAME.json`) names its key,
+its metadata, its base version and the extents that were on the disk at the last `sync`, and a
+log (`NAME.log`) what changed since, with checksums (see `journal.py`).  Together they let the next
+mount finish the upload after SIGKILL with every acknowledged byte, and after a power cut with
+every byte it can prove, the rest from the base version (see `recovery.py`).  A write appends one
+log line; the checkpoint is written only by `sync` (the owner calls it at commit, before parts are
+dropped, and on a timer) and when the key or metadata change.
 
 All methods here block on the local disk: call them through `run_blocking` on the `disk` limiter.
 The file's owner (`files.py`) serialises mutations per inode.
@@ -19,15 +21,23 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import json
 import os
 import uuid
 from pathlib import Path
 from typing import Any
 
+from s3mount.journal import (  # noqa: F401  (the extent helpers are staging's vocabulary)
+    BLOCK,
+    ChangeLog,
+    Extent,
+    add_extent,
+    block_crcs,
+    clip_extents,
+    missing_ranges,
+    remove_range,
+    write_durably,
+)
 from s3mount.parts import parts_within
-
-Extent = tuple[int, int]  # [start, end)
 
 _FALLOC_PUNCH = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE (linux/falloc.h)
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -42,55 +52,6 @@ def punch_hole(fd: int, start: int, end: int) -> None:
         raise OSError(err, f"cannot free staged bytes: {os.strerror(err)}")
 
 
-def add_extent(extents: list[Extent], start: int, end: int) -> list[Extent]:
-    """Merge [start, end) into a sorted list of disjoint extents."""
-    if start >= end:
-        return extents
-    merged: list[Extent] = []
-    for s, e in extents:
-        if e < start or s > end:
-            merged.append((s, e))
-        else:
-            start, end = min(s, start), max(e, end)
-    merged.append((start, end))
-    merged.sort()
-    return merged
-
-
-def clip_extents(extents: list[Extent], limit: int) -> list[Extent]:
-    return [(s, min(e, limit)) for s, e in extents if s < limit]
-
-
-def remove_range(extents: list[Extent], start: int, end: int) -> list[Extent]:
-    """The sorted extents without [start, end)."""
-    kept: list[Extent] = []
-    for s, e in extents:
-        if s < start:
-            kept.append((s, min(e, start)))
-        if e > end:
-            kept.append((max(s, end), e))
-    return kept
-
-
-def missing_ranges(extents: list[Extent], start: int, end: int) -> list[Extent]:
-    """The parts of [start, end) no extent covers."""
-    gaps: list[Extent] = []
-    pos = start
-    for s, e in extents:
-        if e <= pos:
-            continue
-        if s >= end:
-            break
-        if s > pos:
-            gaps.append((pos, s))
-        pos = max(pos, e)
-        if pos >= end:
-            break
-    if pos < end:
-        gaps.append((pos, end))
-    return gaps
-
-
 class StagedFile:
     """One file's local copy: written ranges plus a lazily fetched base object."""
 
@@ -100,6 +61,7 @@ class StagedFile:
         name = uuid.uuid4().hex
         self.path = str(directory / f"{name}.data")
         self.journal_path = str(directory / f"{name}.json")
+        self.log = ChangeLog(str(directory / f"{name}.log"))
         self.journal: dict[str, Any] | None = None  # key, metadata, upload id, while dirty
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self.fd = fd
@@ -122,6 +84,15 @@ class StagedFile:
         # committed): whole parts, disjoint from `present`; `sent_parts` has their ETags.
         self.sent: list[Extent] = []
         self.sent_parts: dict[int, str] = {}
+        # The data as of the last sync: all a checkpoint may name (see journal.py).
+        self.synced: dict[str, Any] = self._state()
+        self.unsynced = False  # changed since the last sync
+
+    def _state(self) -> dict[str, Any]:
+        return {"size": self.size, "base_etag": self.base_etag, "base_valid": self.base_valid,
+                "present": list(self.present), "sent": list(self.sent),
+                "sent_parts": dict(self.sent_parts), "part_size": self.part_size,
+                "seq": self.log.seq}
 
     def set_journal(self, **fields: Any) -> None:
         """Record what the next mount needs to finish this file's upload after a crash."""
@@ -129,19 +100,28 @@ class StagedFile:
         self._save_journal()
 
     def _save_journal(self) -> None:
-        state = dict(self.journal or {}, size=self.size, base_etag=self.base_etag,
-                     base_valid=self.base_valid, present=self.present, sent=self.sent,
-                     sent_parts=self.sent_parts, part_size=self.part_size)
-        tmp = self.journal_path + ".tmp"
-        with open(tmp, "w", opener=lambda p, f: os.open(p, f, 0o600)) as out:
-            json.dump(state, out)
-        os.replace(tmp, self.journal_path)
+        write_durably(self.journal_path, dict(self.journal or {}, **self.synced))
+
+    def sync(self, **completing: Any) -> None:
+        """Put the data on the disk, then a checkpoint naming it.  `completing` records the
+        upload about to be sent (its expected ETag), so a mount after a crash recognises it."""
+        state = self._state()
+        os.fdatasync(self.fd)
+        self.synced, self.unsynced = state, False
+        if self.journal is not None:
+            self.journal = {k: v for k, v in self.journal.items() if k != "completing"}
+            if completing:
+                self.journal["completing"] = completing
+            self._save_journal()
+            self.log.reset()
 
     def move_to(self, directory: Path) -> str:
         """Move the data and its journal to `directory` (kept for a person to look at)."""
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         name = os.path.basename(self.path)
         new_path = str(directory / name)
+        os.fdatasync(self.fd)
+        self.synced = self._state()
         os.replace(self.path, new_path)
         self.forget_journal()
         self.path = new_path
@@ -159,6 +139,7 @@ class StagedFile:
             os.unlink(self.journal_path)
         except FileNotFoundError:
             pass
+        self.log.remove()
 
     def _touch(self, start: int, end: int) -> None:
         for number in parts_within(start, end, self.part_size):
@@ -192,9 +173,8 @@ class StagedFile:
         self.present = add_extent(self.present, offset, end)
         if end > self.size:
             self.size = end
-        self.dirty = True
-        if self.journal is not None and self.base_etag is not None:
-            self._save_journal()  # which bytes are local now
+        self.dirty = self.unsynced = True
+        self.log.append({"w": [offset, end], "c": block_crcs(self.fd, offset, end, self.size)})
         return written
 
     def fill(self, offset: int, data: bytes) -> None:
@@ -204,6 +184,8 @@ class StagedFile:
         for s, e in gaps:  # never overwrite bytes written since the fetch began
             os.pwrite(self.fd, data[s - offset:e - offset], s)
             self.present = add_extent(self.present, s, e)
+            if self.dirty:  # the blocks around logged writes changed
+                self.log.append({"c": block_crcs(self.fd, s, e, self.size)})
 
     def truncate(self, size: int) -> None:
         os.ftruncate(self.fd, size)
@@ -214,9 +196,9 @@ class StagedFile:
         else:
             self.present = add_extent(self.present, self.size, size)
         self.size = size
-        self.dirty = True
-        if self.journal is not None:
-            self._save_journal()
+        self.dirty = self.unsynced = True
+        self.log.append({"t": size, "c": block_crcs(self.fd, size - 1, size, size)
+                         if size % BLOCK else []})
 
     def remote_gaps(self, start: int, end: int) -> list[Extent]:
         """Ranges of [start, end) that must still come from the base object."""
@@ -237,6 +219,7 @@ class StagedFile:
         assert not self.dirty and end <= self.base_valid, "only committed bytes can be dropped"
         self.drops += 1
         self.present = remove_range(self.present, 0, end)
+        self.synced["present"] = remove_range(self.synced["present"], 0, end)
         punch_hole(self.fd, 0, end)
 
     def drop_sent(self, parts: dict[int, Extent], etags: dict[int, str]) -> None:
@@ -248,8 +231,7 @@ class StagedFile:
             self.present = remove_range(self.present, start, end)
             self.sent = add_extent(self.sent, start, end)
         self.sent_parts.update(etags)
-        if self.journal is not None:
-            self._save_journal()
+        self.sync()
         for start, end in parts.values():
             punch_hole(self.fd, start, end)
 
@@ -260,6 +242,9 @@ class StagedFile:
         self.base_valid = self.size
         self.sent, self.sent_parts = [], {}
         self.versions.clear()
+        # The local bytes are now copies of that version: none needs proving after a crash.
+        self.synced = dict(self._state(), present=[])
+        self.log.reset()
 
     def read(self, offset: int, size: int) -> bytes:
         size = max(0, min(size, self.size - offset))

@@ -7,6 +7,7 @@ half-done upload is left behind; the staged data stays for the caller to retry.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,30 @@ class Multipart:
             await self.idle.wait()
 
 
+def multipart_etag(parts: list[tuple[int, str]]) -> str:
+    """The ETag S3 gives a completed multipart upload: the MD5 of its parts' MD5s, and their
+    number."""
+    try:
+        digests = b"".join(bytes.fromhex(etag.strip('"')) for _, etag in sorted(parts))
+    except ValueError:
+        return ""  # not MD5s: this server's ETags cannot be foreseen
+    return f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(parts)}"
+
+
+def file_md5(path: str, size: int) -> str:
+    """The MD5 of the first `size` bytes of a file: the ETag of a single PUT of them."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        remaining = size
+        while remaining > 0:
+            chunk = f.read(min(remaining, 1 << 20))
+            if not chunk:
+                break
+            digest.update(chunk)
+            remaining -= len(chunk)
+    return digest.hexdigest()
+
+
 # How to produce one part at commit: the bytes to send (after `prepare`), or a server-side copy.
 PartSource = Callable[[int, int, int], Awaitable[str]]
 
@@ -52,9 +77,11 @@ class Uploader:
         self.concurrency = concurrency
 
     async def upload(self, key: str, path: str, size: int, metadata: dict[str, str],
-                     expect: str | None = None) -> str:
+                     expect: str | None = None,
+                     completing: Callable[[str], Awaitable[None]] | None = None) -> str:
         """Upload `size` bytes of the file at `path` as object `key`; returns the new ETag.
-        With `expect`, the write is conditional (`Stale` when the object is not as expected)."""
+        With `expect`, the write is conditional (`Stale` when the object is not as expected);
+        `completing` is as for `finish` (multipart only)."""
         if size <= self.single_put_limit:
             return await self.store.put_file(key, path, size, metadata, expect)
         upload = await self.begin(key, metadata)
@@ -63,7 +90,7 @@ class Uploader:
             return await self.store.upload_part(key, upload.upload_id, number, path, offset,
                                                 length)
 
-        return await self.finish(upload, size, send, expect)
+        return await self.finish(upload, size, send, expect, completing=completing)
 
     async def begin(self, key: str, metadata: dict[str, str]) -> Multipart:
         return Multipart(key, await self.store.create_multipart(key, metadata), metadata)
@@ -86,8 +113,10 @@ class Uploader:
                 upload.idle = trio.Event()
 
     async def finish(self, upload: Multipart, size: int, source: PartSource,
-                     expect: str | None = None, keep: bool = False) -> str:
+                     expect: str | None = None, keep: bool = False,
+                     completing: Callable[[str], Awaitable[None]] | None = None) -> str:
         """Send every part `source` produces, in parallel, and complete the upload.
+        `completing` is told the ETag the completed object will have, before it is asked for.
 
         Any failure aborts the upload (shielded, so cancellation cannot skip it), unless `keep`:
         when some parts exist nowhere else, the upload stays for the next try.
@@ -108,6 +137,8 @@ class Uploader:
                         nursery.start_soon(one, number, offset, length)
             except BaseExceptionGroup as group:
                 raise unwrap_group(group) from None
+            if completing is not None:
+                await completing(multipart_etag(done))
             etag = await self.store.complete_multipart(upload.key, upload.upload_id, done,
                                                        expect)
             completed = True

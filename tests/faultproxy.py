@@ -1,8 +1,9 @@
 """A fault-injecting HTTP proxy on loopback, between s3mount and the S3 server.
 
 Each request is forwarded unchanged unless a rule matches it: answer 500, answer 503 SlowDown,
-reset the connection, stall before answering, or (when `down`) reset everything.  An optional
-`check` (tests/sigv2check.py) refuses badly signed requests first.  Rules count
+reset the connection, stall before answering, or (when `down`) reset everything; `after` runs a
+callback once the server has done a request, and drops the answer (a client that dies there).
+An optional `check` (tests/sigv2check.py) refuses badly signed requests first.  Rules count
 down and then stop matching.  Runs in threads of the test process, which controls it directly.
 Every request is also recorded (`seen`: method, path, headers), and a request in absolute form
 (`GET http://host/path`, as sent to a forward proxy) is served like its path, so it can stand
@@ -31,6 +32,7 @@ class Rule:
     method: str | None = None
     query: str | None = None  # substring of the path+query, e.g. "partNumber"
     stall: float = 30.0
+    then: Callable[[], None] | None = None  # for "after": run once the server has answered
 
     def matches(self, method: str, path: str) -> bool:
         return self.times > 0 and (self.method is None or self.method == method) and (
@@ -85,6 +87,9 @@ class FaultProxy:
                     self._error(*refusal)
                     return
                 action = proxy._choose(self.command, self.path)
+                if callable(action):
+                    self._forward_then(body, action)
+                    return
                 if action == "reset":
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                                b"\x01\x00\x00\x00\x00\x00\x00\x00")
@@ -127,6 +132,17 @@ class FaultProxy:
                     self.wfile.write(data)
                 conn.close()
 
+            def _forward_then(self, body: bytes, then: Callable[[], None]) -> None:
+                """Let the server do the request, run `then`, and never answer the client."""
+                conn = http.client.HTTPConnection(*proxy.target, timeout=120)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                conn.getresponse().read()
+                conn.close()
+                then()
+                self.close_connection = True
+                self.connection.close()
+
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -135,7 +151,7 @@ class FaultProxy:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
-    def _choose(self, method: str, path: str) -> str | None:
+    def _choose(self, method: str, path: str) -> str | Callable[[], None] | None:
         with self.lock:
             self.requests += 1
             if self.is_down:
@@ -145,6 +161,8 @@ class FaultProxy:
                 if rule.matches(method, path):
                     rule.times -= 1
                     self.injected += 1
+                    if rule.then is not None:
+                        return rule.then
                     return f"stall:{rule.stall}" if rule.action == "stall" else rule.action
         return None
 
@@ -152,6 +170,12 @@ class FaultProxy:
              query: str | None = None, stall: float = 30.0) -> None:
         with self.lock:
             self.rules.append(Rule(action, times, method, query, stall))
+
+    def after(self, then: Callable[[], None], method: str | None = None,
+              query: str | None = None, times: int = 1) -> None:
+        """Once the server has done a matching request, call `then` and drop the answer."""
+        with self.lock:
+            self.rules.append(Rule("after", times, method, query, then=then))
 
     def clear(self) -> None:
         with self.lock:
