@@ -101,8 +101,8 @@ def recover(config: MountConfig, fs: Filesystem) -> None:
 
 def run(config: MountConfig, client: Any, on_ready: Callable[[], None] | None = None) -> int:
     heap.return_big_buffers()  # before any worker thread makes an arena
-    limiters = Limiters(config.max_concurrency)
-    store = S3Store(client, config.bucket, config.prefix, limiters.s3)
+    limiters = Limiters(config.max_concurrency, reads=config.max_read_concurrency)
+    store = S3Store(client, config.bucket, config.prefix, limiters.s3, limiters.reads)
     background = Background()
     fs = build_filesystem(config, store, limiters, background)
     lock = lock_cache_dir(config.cache_path())

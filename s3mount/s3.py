@@ -1,9 +1,10 @@
 """`ObjectStore` over boto3: the only module that imports boto3 or botocore.
 
 One client, built once on the main thread and shared by the worker threads (boto3 clients are
-thread-safe; resources are not).  Every call runs through `run_blocking` on the `s3` limiter, which
-matches botocore's connection pool.  Retries and timeouts are botocore's own, bounded by the config;
-after them a call fails with an `FsError` from the one table below (`map_client_error`).
+thread-safe; resources are not).  Every call runs through `run_blocking`: GETs of object bytes on
+the `reads` limiter, everything else on the `s3` one; botocore's connection pool holds both.
+Retries and timeouts are botocore's own, bounded by the config; after them a call fails with an
+`FsError` from the one table below (`map_client_error`).
 Keys given to and returned by this class are relative to the mount's prefix.  `RequestStats`
 counts every call, its bytes and its failures for `s3mount status` and the stop progress; its
 counters change only on the trio thread, between awaits.
@@ -20,7 +21,7 @@ import logging
 import time
 import warnings
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -130,7 +131,8 @@ def build_client(config: MountConfig) -> Any:
         retries={"max_attempts": config.max_attempts, "mode": "standard"},
         connect_timeout=config.connect_timeout,
         read_timeout=config.read_timeout,
-        max_pool_connections=config.max_concurrency,
+        # Metadata and uploads, and reads, each have their own limiter: the pool holds both.
+        max_pool_connections=config.max_concurrency + config.max_read_concurrency,
         # Many S3-compatible services reject the CRC headers newer botocore adds by default.
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
@@ -198,16 +200,19 @@ class RequestStats:
 class S3Store:
     """An S3 bucket, or a prefix of one, as an `ObjectStore`."""
 
-    def __init__(self, client: Any, bucket: str, prefix: str, limiter: Any) -> None:
+    def __init__(self, client: Any, bucket: str, prefix: str, limiter: Any,
+                 read_limiter: Any = None) -> None:
         self.client = client
         self.bucket = bucket
         self.prefix = prefix
         self.limiter = limiter
+        self.read_limiter = read_limiter or limiter  # GETs of object bytes
         self.stats = RequestStats()
         self.transfer_config = TransferConfig(multipart_threshold=MAX_COPY_OBJECT,
                                               max_concurrency=4)
 
-    async def _call(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+    async def _call(self, what: str, fn: Callable[..., Any], limiter: Any = None,
+                    **kwargs: Any) -> Any:
         kind = what.split(" ", 1)[0]
         upload = kind in UPLOAD_KINDS
         stats = self.stats
@@ -215,7 +220,7 @@ class S3Store:
         stats.in_flight += 1
         stats.uploads_in_flight += upload
         try:
-            return await run_blocking(self.limiter, fn, **kwargs)
+            return await run_blocking(limiter or self.limiter, fn, **kwargs)
         except (ClientError, BotoCoreError) as exc:
             error = map_client_error(exc, what)
             if not isinstance(error, errors.NotFound):  # a missing name is an answer
@@ -278,46 +283,9 @@ class S3Store:
             with resp["Body"] as body:
                 return body.read()
 
-        data: bytes = await self._call(f"GET {key}", fetch)
+        data: bytes = await self._call(f"GET {key}", fetch, self.read_limiter)
         self.stats.bytes_in += len(data)
         return data
-
-    async def get_stream(self, key: str, start: int, end: int, etag: str | None, chunk: int,
-                         deliver: Callable[[int, bytes], None],
-                         pace: Callable[[int], Awaitable[None]] | None = None) -> None:
-        """Bytes [start, end) of the object in one GET, in pieces of `chunk` bytes (the last
-        may be shorter) as they arrive.
-
-        One worker thread and one pooled connection serve the whole range, and `deliver(offset,
-        data)` is called in that thread, so it may write to disk without another hand-over.
-        `pace(offset)`, when given, is awaited on the trio thread before each piece is read
-        from the connection: it may hold the stream (the server then waits too) or end it by
-        raising.  `Stale` when the object no longer has `etag`; an error raised by `deliver`
-        or `pace` ends the stream and propagates.
-        """
-        kwargs = self._range_args(key, start, end, etag)
-        received = 0
-
-        def stream() -> None:
-            nonlocal received
-            resp = self.client.get_object(**kwargs)
-            with resp["Body"] as body:
-                offset = start
-                while offset < end:
-                    if pace is not None:
-                        trio.from_thread.run(pace, offset)
-                    data = body.read(min(chunk, end - offset))
-                    if not data:
-                        raise errors.RemoteIO(f"GET {key}: the response ended at {offset}, "
-                                              f"short of {end}")
-                    received += len(data)
-                    deliver(offset, data)
-                    offset += len(data)
-
-        try:
-            await self._call(f"GET {key}", stream)
-        finally:
-            self.stats.bytes_in += received
 
     async def put(self, key: str, body: bytes, metadata: dict[str, str],
                   content_type: str | None = None) -> str:
