@@ -28,7 +28,6 @@ import boto3
 import botocore.handlers
 import botocore.session
 import botocore.utils
-import trio
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import (

@@ -15,7 +15,6 @@ import binascii
 import json
 import stat
 import urllib.parse
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
