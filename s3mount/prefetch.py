@@ -112,5 +112,7 @@ class Prefetcher:
                 await self.cache.fill(block, object_size, fetch)
         except FsError as exc:  # its readers got the error; the prefetch itself is optional
             log.debug("read-ahead of %s block %d failed: %s", key, block[1], exc)
+        except Exception:  # never the mount's end: its readers fetch the block themselves
+            log.exception("read-ahead of %s block %d failed", key, block[1])
         finally:
             pattern.fills.discard(scope)

@@ -35,6 +35,8 @@ from botocore.exceptions import (
     ClientError,
     ConnectionError,
     EndpointConnectionError,
+    HTTPClientError,
+    IncompleteReadError,
     NoCredentialsError,
     PartialCredentialsError,
     ProfileNotFound,
@@ -51,6 +53,9 @@ log = logging.getLogger(__name__)
 SIGNATURE_VERSIONS = {"v4": "s3v4", "v2": "s3"}
 MAX_COPY_OBJECT = 5 * 1024**3  # CopyObject's limit; larger copies go multipart
 UPLOAD_KINDS = frozenset({"PUT", "PART", "PART-COPY", "COMPLETE-MPU"})
+BODY_PIECE = 1024 * 1024  # a GET's body is read in pieces, so a break loses at most one
+# A GET's body broke off: reset, read timeout or short body (botocore retries none of these).
+BODY_BROKEN = (HTTPClientError, IncompleteReadError)
 
 # S3 error code (or HTTP status) -> the FsError it becomes.  The one table.
 ERROR_TABLE: dict[str, type[errors.FsError]] = {
@@ -276,15 +281,41 @@ class S3Store:
     async def get_range(self, key: str, start: int, end: int, etag: str | None) -> bytes:
         """Bytes [start, end) of the object; `Stale` when it no longer has `etag`."""
         kwargs = self._range_args(key, start, end, etag)
-
-        def fetch() -> bytes:
-            resp = self.client.get_object(**kwargs)
-            with resp["Body"] as body:
-                return body.read()
-
-        data: bytes = await self._call(f"GET {key}", fetch, self.read_limiter)
+        data: bytes = await self._call(f"GET {key}", self._get_body, self.read_limiter,
+                                       key=key, kwargs=kwargs, start=start, end=end)
         self.stats.bytes_in += len(data)
         return data
+
+    def _get_body(self, key: str, kwargs: dict[str, Any], start: int, end: int) -> bytes:
+        """GetObject's body, resumed from the byte reached when the connection breaks in the
+        middle of it (botocore retries a request only until its headers arrive), up to the
+        client's max_attempts in all.  A resumed request is pinned (If-Match) to the ETag of
+        the first answer, so two versions of the object are never mixed.  In a worker thread.
+        """
+        attempts = max(1, int((self.client.meta.config.retries or {}).get("max_attempts", 3)))
+        pieces: list[bytes] = []
+        reached = start
+        for attempt in range(1, attempts + 1):
+            resp = self.client.get_object(**kwargs)
+            if "IfMatch" not in kwargs and resp.get("ETag"):
+                kwargs = dict(kwargs, IfMatch=resp["ETag"])
+            body = resp["Body"]  # botocore's: it turns urllib3's errors into its own
+            try:
+                while piece := body.read(BODY_PIECE):
+                    pieces.append(piece)
+                    reached += len(piece)
+            except BODY_BROKEN as exc:
+                if reached >= end or attempt == attempts:
+                    raise errors.RemoteIO(f"GET {key}: the answer broke off at byte {reached} "
+                                          f"of {start}-{end}, {attempt} attempts: {exc}") from None
+                log.info("GET %s: the answer broke off at byte %d (%s); resuming from there",
+                         key, reached, exc)
+                kwargs = dict(kwargs, Range=f"bytes={reached}-{end - 1}")
+                continue
+            finally:
+                body.close()
+            break
+        return b"".join(pieces)
 
     async def put(self, key: str, body: bytes, metadata: dict[str, str],
                   content_type: str | None = None) -> str:
