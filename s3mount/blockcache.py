@@ -38,9 +38,11 @@ MIN_CLEAN_BLOCKS = 4  # clean blocks kept however much of the budget staged data
 
 @dataclass
 class _Pending:
-    """A block being fetched: readers wait for `done`; `error` when its request failed."""
+    """A block being fetched.  Readers wait for `done`, set once its bytes are in `data` (they
+    need not wait for the disk), or its request failed (`error`), or was given up (neither)."""
 
     done: trio.Event = field(default_factory=trio.Event)
+    data: bytes | None = None
     error: FsError | None = None
 
 
@@ -134,6 +136,9 @@ class BlockCache:
             if waiting is None:
                 break
             await waiting.done.wait()
+            if waiting.data is not None:
+                self.hits += 1
+                return waiting.data[start:start + length]
             if waiting.error is not None:  # its request failed after its retries: so would ours
                 raise type(waiting.error)(str(waiting.error))
         self.misses += 1
@@ -167,6 +172,8 @@ class BlockCache:
             data = await fetch(begin, begin + expected)
             if len(data) != expected:
                 raise Stale(f"block {block[1]}: got {len(data)} bytes, expected {expected}")
+            pending.data = data
+            pending.done.set()  # its readers go on while it is written
             await run_blocking(self.limiter, self._write_file, block, data)
             self._admit(block, expected)
             return data

@@ -5,9 +5,9 @@ served by one request at a time is capped by it.  Here a sequential reader gets 
 blocks requested ahead of it, each by a ranged GET of its own, landing in the block cache:
 
 - `ReadPattern` (per open handle, pure) tells sequential reads from jumps and sizes the window:
-  it starts at `FIRST_AHEAD` blocks past the reader's own and grows to twice what the run has
-  read so far, up to the handle's limit (`--max-readahead`, at most half the cache); a jump
-  closes it, and a new run starts small again.
+  it starts at `FIRST_AHEAD` blocks past the reader's own and grows to `GROWTH` times what the
+  run has read so far, up to the handle's limit (`--max-readahead`, at most half the cache); a
+  jump closes it, and a new run starts small again.
 - `Prefetcher` keeps the window filled: for each block of it that is neither cached nor in
   flight it claims the block and starts a fill (`BlockCache.fill`, via the store's `get_range`,
   pinned to the handle's ETag) in the mount's background nursery.  A handle never has more
@@ -34,35 +34,45 @@ from s3mount.errors import FsError
 
 log = logging.getLogger(__name__)
 
-SEQUENTIAL_SLACK = 4 * 1024 * 1024  # the kernel's own read-ahead may reorder nearby reads
-FIRST_AHEAD = 1  # blocks requested past the reader's own when a sequential run starts
+SLACK = 8 * 1024 * 1024  # how far the kernel's own read-ahead runs ahead of its reader
+FIRST_AHEAD = 1  # blocks requested past the reader's own when a window opens
+GROWTH = 4  # the window covers this many times what the run has read, in blocks
 
 
 @dataclass
 class ReadPattern:
-    """Where a handle's reads go: a sequential run and its read-ahead window, or jumps."""
+    """Where a handle's reads go: a sequential run and its read-ahead window, or jumps.
+
+    The kernel's read-ahead sends a sequential reader's reads out of order, some up to a few
+    MiB ahead of the others, so a read counts as part of the run when it lands anywhere from
+    the run's start to `SLACK` past the furthest byte read.  A window opens at the run's
+    second read (at once for a run that starts at offset 0, as cat, cp and head do) if the
+    run has read at least half the bytes it spans, so random reads that happen to land near
+    each other, or strided ones, cost no blocks.
+    """
 
     limit: int  # most blocks ahead of the reader (and most fills going on)
-    next_offset: int = 0  # where the last read ended
     run_from: int = 0  # where the current sequential run began
+    next_offset: int = 0  # the furthest byte the run has read
+    reads: int = 0  # reads in the run so far
+    read: int = 0  # bytes they asked for
     ahead: int = 0  # blocks kept requested past the reader's; 0 while reads jump
     fills: set[trio.CancelScope] = field(default_factory=set)
     stopped: bool = False
 
     def note(self, offset: int, size: int, block_size: int) -> bool:
-        """Record a read; whether it continues (or starts at 0) a sequential run."""
-        sequential = (offset == 0 or
-                      self.next_offset - SEQUENTIAL_SLACK <= offset
-                      <= self.next_offset + SEQUENTIAL_SLACK)
-        if not sequential:
+        """Record a read; whether it belongs to a sequential run with its window open."""
+        if self.reads and self.run_from <= offset <= self.next_offset + SLACK:
+            self.reads += 1
+            self.read += size
+            self.next_offset = max(self.next_offset, offset + size)
+        else:  # a jump: a new run starts here
+            self.run_from, self.next_offset, self.reads, self.read = offset, offset + size, 1, size
+        dense = 2 * self.read >= self.next_offset - self.run_from
+        if not dense or (self.reads < 2 and offset != 0):
             self.ahead = 0
-            self.next_offset = offset + size
             return False
-        if self.ahead == 0:
-            self.run_from = offset
-        self.next_offset = max(self.next_offset, offset + size)
-        read = self.next_offset - self.run_from
-        self.ahead = min(self.limit, max(FIRST_AHEAD, 2 * read // block_size))
+        self.ahead = min(self.limit, max(FIRST_AHEAD, GROWTH * self.read // block_size))
         return True
 
     def stop(self) -> None:
