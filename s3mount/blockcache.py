@@ -5,8 +5,10 @@ mixed.  The cache is a byte-weighted LRU (cachetools) bounded by the cache budge
 deletes its file.  Each block is fetched once however many readers wait for it (single flight);
 fills are written to a temporary name and renamed, so a block file under its final name is whole.
 At start-up the files left by an earlier mount are taken back in (temporaries, and files whose
-length is wrong for their block, are dropped, never served).  A `Run` fills consecutive blocks
-from one streamed request, holding in flight only the blocks near its position.
+length is wrong for their block, are dropped, never served).  Read-ahead (prefetch.py) `claim`s a
+block at once, then `fill`s it in a task of its own: readers that come meanwhile wait for it.
+A fill whose request fails hands its error to the readers waiting for it (their own request
+would fail the same way); a fill that is cancelled leaves the block for them to fetch.
 
 `read` awaits the disk through `run_blocking`; the LRU and in-flight tables are changed only on
 the trio thread, between awaits, so each change is atomic under trio.
@@ -18,9 +20,7 @@ import functools
 import hashlib
 import logging
 import os
-from collections import Counter
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,14 +38,12 @@ MIN_CLEAN_BLOCKS = 4  # clean blocks kept however much of the budget staged data
 
 @dataclass
 class _Pending:
-    """A block being fetched: readers wait for `done`; `error` when its request failed."""
+    """A block being fetched.  Readers wait for `done`, set once its bytes are in `data` (they
+    need not wait for the disk), or its request failed (`error`), or was given up (neither)."""
 
     done: trio.Event = field(default_factory=trio.Event)
+    data: bytes | None = None
     error: FsError | None = None
-
-
-class _RunEnds(Exception):
-    """A streamed run reached a block someone else fetched: it stops there."""
 
 
 class _FileLRU(cachetools.LRUCache):
@@ -79,7 +77,6 @@ class BlockCache:
         self.lru = _FileLRU(max(capacity, block_size), directory)
         self.reserved = 0  # bytes of the budget staged data holds (see budget.py)
         self._inflight: dict[BlockId, _Pending] = {}
-        self._wanted: Counter[BlockId] = Counter()  # readers waiting for blocks in flight
         self.hits = 0
         self.misses = 0
         self._adopt_leftovers()
@@ -115,10 +112,8 @@ class BlockCache:
         block = (block_digest(key, etag), index)
         return block in self.lru or block in self._inflight
 
-    def wanted(self, key: str, etag: str, indexes: range) -> bool:
-        """Whether a reader is waiting for any of these blocks while they are in flight."""
-        digest = block_digest(key, etag)
-        return any(block[0] == digest and block[1] in indexes for block in self._wanted)
+    def in_flight(self) -> int:
+        return len(self._inflight)
 
     async def read(self, key: str, etag: str, object_size: int, index: int, start: int,
                    length: int, fetch: Callable[[int, int], Awaitable[bytes]]) -> bytes:
@@ -140,48 +135,54 @@ class BlockCache:
             waiting = self._inflight.get(block)
             if waiting is None:
                 break
-            self._wanted[block] += 1
-            try:
-                await waiting.done.wait()
-            finally:
-                self._wanted[block] -= 1
-                if not self._wanted[block]:
-                    del self._wanted[block]
+            await waiting.done.wait()
+            if waiting.data is not None:
+                self.hits += 1
+                return waiting.data[start:start + length]
             if waiting.error is not None:  # its request failed after its retries: so would ours
                 raise type(waiting.error)(str(waiting.error))
         self.misses += 1
-        data = await self._fill(block, index, expected, fetch)
+        self._inflight[block] = _Pending()
+        data = await self._fill(block, expected, fetch)
         return data[start:start + length]
 
-    async def _fill(self, block: BlockId, index: int, expected: int,
+    def claim(self, key: str, etag: str, index: int) -> BlockId | None:
+        """Take block `index` for a fill to come (see `fill`); None when it is already held or
+        in flight.  Readers that come meanwhile wait for the fill."""
+        block = (block_digest(key, etag), index)
+        if block in self.lru or block in self._inflight:
+            return None
+        self._inflight[block] = _Pending()
+        return block
+
+    def release(self, block: BlockId) -> None:
+        """Give back a claim that will not be filled: its readers fetch the block themselves."""
+        self._inflight.pop(block).done.set()
+
+    async def fill(self, block: BlockId, object_size: int,
+                   fetch: Callable[[int, int], Awaitable[bytes]]) -> None:
+        """Fetch and store a block taken with `claim`."""
+        await self._fill(block, self.expected_length(object_size, block[1]), fetch)
+
+    async def _fill(self, block: BlockId, expected: int,
                     fetch: Callable[[int, int], Awaitable[bytes]]) -> bytes:
-        pending = self._inflight[block] = _Pending()
+        pending = self._inflight[block]
         try:
-            begin = index * self.block_size
+            begin = block[1] * self.block_size
             data = await fetch(begin, begin + expected)
             if len(data) != expected:
-                raise Stale(f"block {index}: got {len(data)} bytes, expected {expected}")
+                raise Stale(f"block {block[1]}: got {len(data)} bytes, expected {expected}")
+            pending.data = data
+            pending.done.set()  # its readers go on while it is written
             await run_blocking(self.limiter, self._write_file, block, data)
             self._admit(block, expected)
             return data
+        except FsError as exc:
+            pending.error = exc
+            raise
         finally:
             del self._inflight[block]
             pending.done.set()
-
-    def start_run(self, key: str, etag: str, object_size: int, first: int, count: int,
-                  ahead: int) -> Run | None:
-        """Claim a run of up to `count` blocks from `first`, to be fetched with one request by
-        `Run.fetch`; None when block `first` is already held or in flight.
-
-        The claim is made now, so no reader fetches the first blocks apart meanwhile.  The run
-        holds in flight only the `ahead` blocks after the one it is receiving, so readers of
-        later blocks fetch them themselves rather than wait for the stream; it ends before the
-        first block that is already held or in flight.
-        """
-        run = Run(self, block_digest(key, etag), object_size, first,
-                  min(first + count, -(-object_size // self.block_size)), ahead)
-        run.claim(first + 1 + ahead)
-        return run if run.events else None
 
     def _read_file(self, block: BlockId, start: int, length: int, expected: int) -> bytes | None:
         try:
@@ -225,114 +226,3 @@ class BlockCache:
         """Evict least recently used blocks until at most `target` bytes are held."""
         while self.lru.currsize > target and len(self.lru):
             self.lru.popitem()
-
-
-class Run:
-    """Blocks [first, stop) of one object version, fetched in order by one streamed request.
-
-    Each block is served as soon as its bytes are on disk; blocks the stream never delivered
-    are released for their readers to fetch.
-    """
-
-    def __init__(self, cache: BlockCache, digest: str, object_size: int, first: int, stop: int,
-                 ahead: int) -> None:
-        self.cache = cache
-        self.digest = digest
-        self.object_size = object_size
-        self.first = first
-        self.stop = stop
-        self.ahead = ahead
-        self.events: dict[int, _Pending] = {}
-        self.claimed = first  # blocks [first, claimed) were taken for this run
-        self.delivered = 0
-        self.over = False
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._writer: ThreadPoolExecutor | None = None  # writes a block while the next comes
-        self._writing: Future[None] | None = None
-
-    def claim(self, upto: int) -> None:
-        cache = self.cache
-        while self.claimed < min(upto, self.stop):
-            block = (self.digest, self.claimed)
-            if block in cache.lru or block in cache._inflight:
-                self.stop = self.claimed  # someone else has it: the run ends before it
-                break
-            self.events[self.claimed] = cache._inflight[block] = _Pending()
-            self.claimed += 1
-
-    def _release(self, index: int, error: FsError | None = None) -> None:
-        del self.cache._inflight[(self.digest, index)]
-        pending = self.events.pop(index)
-        pending.error = error
-        pending.done.set()
-
-    def abandon(self, error: FsError | None = None) -> None:
-        """Release the blocks not delivered: their readers fetch them, or get `error`."""
-        for index in list(self.events):
-            self._release(index, error)
-
-    def _deliver(self, offset: int, data: bytes) -> None:
-        """Store one block; called in the stream's worker thread."""
-        cache = self.cache
-        index = offset // cache.block_size
-        if index >= self.stop:
-            raise _RunEnds
-        expected = cache.expected_length(self.object_size, index)
-        if offset % cache.block_size or len(data) != expected or index not in self.events:
-            raise Stale(f"block {index}: got {len(data)} bytes at {offset}, "
-                        f"expected {expected}")
-        self._wait_for_writer()  # one block on its way to disk at a time: memory stays low
-        if self._writer is None:
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix="s3mount-run")
-        self._writing = self._writer.submit(self._write, index, data, expected)
-
-    def _write(self, index: int, data: bytes, length: int) -> None:
-        """In the run's writer thread, while the stream's thread reads the next block."""
-        self.cache._write_file((self.digest, index), data)
-        trio.from_thread.run_sync(self._stored, index, length, trio_token=self._token)
-
-    def _wait_for_writer(self, shut: bool = False) -> None:
-        """Wait for the block being written (its error is raised here); `shut` ends the
-        writer thread."""
-        try:
-            if self._writing is not None:
-                writing, self._writing = self._writing, None
-                writing.result()
-        finally:
-            if shut and self._writer is not None:
-                self._writer.shutdown()
-                self._writer = None
-
-    def _stored(self, index: int, length: int) -> None:
-        self.cache._admit((self.digest, index), length)
-        if self.over:  # a write that outlived its run (cancelled): the block is whole, kept
-            return
-        self.delivered += 1
-        self._release(index)
-        self.claim(index + 2 + self.ahead)
-
-    async def fetch(self, stream: Callable[[int, int, Callable[[int, bytes], None]],
-                                           Awaitable[None]]) -> int:
-        """Stream the run; returns how many blocks came.
-
-        `stream(begin, end, deliver)` calls `deliver(offset, data)` in a worker thread with
-        the object's bytes [begin, end) for this ETag, one block at a time, in order.
-        """
-        size = self.cache.block_size
-        self._token = trio.lowlevel.current_trio_token()
-        try:
-            try:
-                await stream(self.first * size, min(self.object_size, self.stop * size),
-                             self._deliver)
-            finally:
-                await run_blocking(self.cache.limiter, self._wait_for_writer, True)
-        except _RunEnds:
-            pass
-        except FsError as exc:
-            if not self.delivered:  # the request itself failed: its readers are told so
-                self.abandon(exc)
-            raise
-        finally:
-            self.over = True
-            self.abandon()
-        return self.delivered

@@ -143,7 +143,10 @@ def build_parser() -> Parser:
     p.add_argument("--metadata-ttl", type=positive(float), default=1.0,
                    help="seconds attributes and names are trusted before asking S3 again")
     p.add_argument("--max-concurrency", type=positive(int), default=10,
-                   help="parallel requests to S3")
+                   help="parallel requests to S3 for metadata and uploads")
+    p.add_argument("--max-read-concurrency", type=positive(int), default=16,
+                   help="parallel GETs of file contents (read-ahead and reads), apart from "
+                   "--max-concurrency")
     p.add_argument("--cache-size", type=size_arg, default=None,
                    help="bytes the cache may hold on disk, clean blocks and staged writes "
                    "together, e.g. 2G (default: the smaller of 10G and a quarter of the free "
@@ -432,7 +435,8 @@ def make_config(argv: list[str]) -> MountConfig:
         foreground=args.foreground, read_only=args.read_only, allow_other=args.allow_other,
         file_mode=args.file_mode, dir_mode=args.dir_mode, cache_dir=args.cache_dir,
         log_level=args.log_level, metadata_ttl=args.metadata_ttl,
-        max_concurrency=args.max_concurrency, cache_size=args.cache_size,
+        max_concurrency=args.max_concurrency,
+        max_read_concurrency=args.max_read_concurrency, cache_size=args.cache_size,
         max_readahead=args.max_readahead, kernel_readahead=args.kernel_readahead, keys=keys,
         ca_bundle=ca_bundle,
         verify_ssl=not args.no_verify_ssl, metrics_port=args.metrics_port,

@@ -39,7 +39,8 @@ class MountConfig:
     dir_mode: int = 0o755
     cache_dir: str | None = None
     log_level: str = "info"
-    max_concurrency: int = 10
+    max_concurrency: int = 10  # metadata requests and uploads at once
+    max_read_concurrency: int = 16  # GETs of object bytes at once (read-ahead, reads)
     part_size: int = 8 * MIB
     single_put_limit: int = 8 * MIB
     metadata_ttl: float = 1.0

@@ -1,19 +1,21 @@
 """Open file and directory handles: per-open state, numbered apart from inodes.
 
 A file handle remembers who opened it, whether it wrote, and a sticky error from a failed commit
-that `close(2)`/`fsync(2)` must still report.  It also tracks where the last read ended, so
-sequential readers get a growing read-ahead buffer while random readers fetch only what they ask.
+that `close(2)`/`fsync(2)` must still report.  It also holds its reads' pattern (prefetch.py),
+whose read-ahead stops when the handle closes.
 A directory handle holds the listing snapshot that `readdir` pages through.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from s3mount.errors import BadHandle
 
-SEQUENTIAL_SLACK = 4 * 1024 * 1024  # the kernel's own read-ahead may reorder nearby reads
+
+class ReadAhead(Protocol):
+    def stop(self) -> None: ...
 
 
 @dataclass
@@ -26,30 +28,8 @@ class FileHandle:
     error: Exception | None = None  # a failed commit, reported once by flush/fsync
     etag: str | None = None  # the version this handle reads: pinned at open, never mixed
     size: int = 0
-    next_offset: int = 0  # where the last read ended
-    window: int = 0  # read-ahead window, in blocks; 0 while reads are random
-    run_from: int = 0  # where the current sequential run of reads began
-    run_end: int = 0  # the block after the last one a streamed run was asked for
-    streams: int = 0  # streamed read-ahead runs going on for this handle
+    readahead: ReadAhead | None = None  # its reads' pattern (prefetch.ReadPattern)
     closed: bool = False
-
-    def note_read(self, offset: int, size: int, max_window: int, block_size: int) -> bool:
-        """Record a read; whether it continues a sequential run.  The window then covers
-        twice what the run has read so far, in blocks (at least one, at most `max_window`), so
-        a reader that stops early leaves little fetched for nothing."""
-        sequential = (offset == 0 or
-                      self.next_offset - SEQUENTIAL_SLACK <= offset <= self.next_offset
-                      + SEQUENTIAL_SLACK)
-        if not sequential:
-            self.window = self.run_end = 0
-            self.next_offset = offset + size
-            return False
-        if self.window == 0:
-            self.run_from = offset
-        self.next_offset = max(self.next_offset, offset + size)
-        read = self.next_offset - self.run_from
-        self.window = min(max(1, 2 * read // block_size), max_window)
-        return True
 
 
 @dataclass
@@ -95,7 +75,9 @@ class HandleTable:
     def close(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
         if isinstance(handle, FileHandle):
-            handle.closed = True  # its read-ahead stops
+            handle.closed = True
+            if handle.readahead is not None:
+                handle.readahead.stop()  # its read-ahead stops
 
     def files_of(self, ino: int) -> list[FileHandle]:
         return [h for h in self._handles.values() if isinstance(h, FileHandle) and h.ino == ino]

@@ -127,10 +127,10 @@ def recover(config: MountConfig, fs: Filesystem) -> None:
 
 def run(config: MountConfig, client: Any, on_ready: Callable[[], None] | None = None) -> int:
     heap.return_big_buffers()  # before any worker thread makes an arena
-    limiters = Limiters(config.max_concurrency)
+    limiters = Limiters(config.max_concurrency, reads=config.max_read_concurrency)
     capabilities = find_capabilities(config, client)
     store = S3Store(client, config.bucket, config.prefix, limiters.s3, RequestArgs(config),
-                    capabilities=capabilities)
+                    read_limiter=limiters.reads, capabilities=capabilities)
     background = Background()
     fs = build_filesystem(config, store, limiters, background, capabilities)
     lock = lock_cache_dir(config.cache_path())

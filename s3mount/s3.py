@@ -1,9 +1,10 @@
 """`ObjectStore` over boto3: the only module that imports boto3 or botocore.
 
 One client, built once on the main thread and shared by the worker threads (boto3 clients are
-thread-safe; resources are not).  Every call runs through `run_blocking` on the `s3` limiter, which
-matches botocore's connection pool.  Retries and timeouts are botocore's own, bounded by the config;
-after them a call fails with an `FsError` from the one table below (`map_client_error`).
+thread-safe; resources are not).  Every call runs through `run_blocking`: GETs of object bytes on
+the `reads` limiter, everything else on the `s3` one; botocore's connection pool holds both.
+Retries and timeouts are botocore's own, bounded by the config; after them a call fails with an
+`FsError` from the one table below (`map_client_error`).
 Keys given to and returned by this class are relative to the mount's prefix.  `RequestStats`
 counts every call, its bytes and its failures for `s3mount status` and the stop progress; its
 counters change only on the trio thread, between awaits.
@@ -21,7 +22,7 @@ import time
 import urllib.parse
 import warnings
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -35,6 +36,8 @@ from botocore.exceptions import (
     ClientError,
     ConnectionError,
     EndpointConnectionError,
+    HTTPClientError,
+    IncompleteReadError,
     NoCredentialsError,
     PartialCredentialsError,
     ProfileNotFound,
@@ -54,6 +57,9 @@ log = logging.getLogger(__name__)
 SIGNATURE_VERSIONS = {"v4": "s3v4", "v2": "s3"}
 MAX_COPY_OBJECT = 5 * 1024**3  # CopyObject's limit; larger copies go multipart
 UPLOAD_KINDS = frozenset({"PUT", "PART", "PART-COPY", "COMPLETE-MPU"})
+BODY_PIECE = 1024 * 1024  # a GET's body is read in pieces, so a break loses at most one
+# A GET's body broke off: reset, read timeout or short body (botocore retries none of these).
+BODY_BROKEN = (HTTPClientError, IncompleteReadError)
 
 # S3 error code (or HTTP status) -> the FsError it becomes.  The one table.
 ERROR_TABLE: dict[str, type[errors.FsError]] = {
@@ -134,8 +140,9 @@ def build_client(config: MountConfig) -> Any:
         retries={"max_attempts": config.max_attempts, "mode": "standard"},
         connect_timeout=config.connect_timeout,
         read_timeout=config.read_timeout,
-        max_pool_connections=config.max_concurrency,
         proxies={"http": config.proxy, "https": config.proxy} if config.proxy else None,
+        # Metadata and uploads, and reads, each have their own limiter: the pool holds both.
+        max_pool_connections=config.max_concurrency + config.max_read_concurrency,
         # Many S3-compatible services reject the CRC headers newer botocore adds by default.
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
@@ -236,7 +243,7 @@ class S3Store:
     """An S3 bucket, or a prefix of one, as an `ObjectStore`."""
 
     def __init__(self, client: Any, bucket: str, prefix: str, limiter: Any,
-                 args: RequestArgs | None = None, *,
+                 args: RequestArgs | None = None, *, read_limiter: Any = None,
                  capabilities: Capabilities | None = None) -> None:
         self.client = client
         self.args = args or RequestArgs(MountConfig(bucket, prefix, ""))
@@ -247,9 +254,11 @@ class S3Store:
         self.bucket = bucket
         self.prefix = prefix
         self.limiter = limiter
+        self.read_limiter = read_limiter or limiter  # GETs of object bytes
         self.stats = RequestStats()
 
-    async def _call(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+    async def _call(self, what: str, fn: Callable[..., Any], limiter: Any = None,
+                    **kwargs: Any) -> Any:
         kind = what.split(" ", 1)[0]
         upload = kind in UPLOAD_KINDS
         stats = self.stats
@@ -257,7 +266,7 @@ class S3Store:
         stats.in_flight += 1
         stats.uploads_in_flight += upload
         try:
-            return await run_blocking(self.limiter, fn, **kwargs)
+            return await run_blocking(limiter or self.limiter, fn, **kwargs)
         except (ClientError, BotoCoreError) as exc:
             error = map_client_error(exc, what)
             if not isinstance(error, errors.NotFound):  # a missing name is an answer
@@ -318,52 +327,41 @@ class S3Store:
     async def get_range(self, key: str, start: int, end: int, etag: str | None) -> bytes:
         """Bytes [start, end) of the object; `Stale` when it no longer has `etag`."""
         kwargs = self._range_args(key, start, end, etag)
-
-        def fetch() -> bytes:
-            resp = self.client.get_object(**kwargs)
-            with resp["Body"] as body:
-                return body.read()
-
-        data: bytes = await self._call(f"GET {key}", fetch)
+        data: bytes = await self._call(f"GET {key}", self._get_body, self.read_limiter,
+                                       key=key, kwargs=kwargs, start=start, end=end)
         self.stats.bytes_in += len(data)
         return data
 
-    async def get_stream(self, key: str, start: int, end: int, etag: str | None, chunk: int,
-                         deliver: Callable[[int, bytes], None],
-                         pace: Callable[[int], Awaitable[None]] | None = None) -> None:
-        """Bytes [start, end) of the object in one GET, in pieces of `chunk` bytes (the last
-        may be shorter) as they arrive.
-
-        One worker thread and one pooled connection serve the whole range, and `deliver(offset,
-        data)` is called in that thread, so it may write to disk without another hand-over.
-        `pace(offset)`, when given, is awaited on the trio thread before each piece is read
-        from the connection: it may hold the stream (the server then waits too) or end it by
-        raising.  `Stale` when the object no longer has `etag`; an error raised by `deliver`
-        or `pace` ends the stream and propagates.
+    def _get_body(self, key: str, kwargs: dict[str, Any], start: int, end: int) -> bytes:
+        """GetObject's body, resumed from the byte reached when the connection breaks in the
+        middle of it (botocore retries a request only until its headers arrive), up to the
+        client's max_attempts in all.  A resumed request is pinned (If-Match) to the ETag of
+        the first answer, so two versions of the object are never mixed.  In a worker thread.
         """
-        kwargs = self._range_args(key, start, end, etag)
-        received = 0
-
-        def stream() -> None:
-            nonlocal received
+        attempts = max(1, int((self.client.meta.config.retries or {}).get("max_attempts", 3)))
+        pieces: list[bytes] = []
+        reached = start
+        for attempt in range(1, attempts + 1):
             resp = self.client.get_object(**kwargs)
-            with resp["Body"] as body:
-                offset = start
-                while offset < end:
-                    if pace is not None:
-                        trio.from_thread.run(pace, offset)
-                    data = body.read(min(chunk, end - offset))
-                    if not data:
-                        raise errors.RemoteIO(f"GET {key}: the response ended at {offset}, "
-                                              f"short of {end}")
-                    received += len(data)
-                    deliver(offset, data)
-                    offset += len(data)
-
-        try:
-            await self._call(f"GET {key}", stream)
-        finally:
-            self.stats.bytes_in += received
+            if "IfMatch" not in kwargs and resp.get("ETag"):
+                kwargs = dict(kwargs, IfMatch=resp["ETag"])
+            body = resp["Body"]  # botocore's: it turns urllib3's errors into its own
+            try:
+                while piece := body.read(BODY_PIECE):
+                    pieces.append(piece)
+                    reached += len(piece)
+            except BODY_BROKEN as exc:
+                if reached >= end or attempt == attempts:
+                    raise errors.RemoteIO(f"GET {key}: the answer broke off at byte {reached} "
+                                          f"of {start}-{end}, {attempt} attempts: {exc}") from None
+                log.info("GET %s: the answer broke off at byte %d (%s); resuming from there",
+                         key, reached, exc)
+                kwargs = dict(kwargs, Range=f"bytes={reached}-{end - 1}")
+                continue
+            finally:
+                body.close()
+            break
+        return b"".join(pieces)
 
     async def put(self, key: str, body: bytes, metadata: dict[str, str],
                   content_type: str | None = None) -> str:

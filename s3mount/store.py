@@ -16,7 +16,6 @@ import binascii
 import json
 import stat
 import urllib.parse
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,9 +46,6 @@ class ObjectStore(Protocol):
     async def list_page(self, prefix: str, delimiter: str | None, token: str | None = None,
                         max_keys: int = 1000, start_after: str | None = None) -> ListPage: ...
     async def get_range(self, key: str, start: int, end: int, etag: str | None) -> bytes: ...
-    async def get_stream(self, key: str, start: int, end: int, etag: str | None, chunk: int,
-                         deliver: Callable[[int, bytes], None],
-                         pace: Callable[[int], Awaitable[None]] | None = None) -> None: ...
     async def put(self, key: str, body: bytes, metadata: dict[str, str],
                   content_type: str | None = None) -> str: ...
     async def put_file(self, key: str, path: str, size: int, metadata: dict[str, str],

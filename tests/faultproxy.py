@@ -1,8 +1,10 @@
 """A fault-injecting HTTP proxy on loopback, between s3mount and the S3 server.
 
 Each request is forwarded unchanged unless a rule matches it: answer 500, answer 503 SlowDown,
-reset the connection, stall before answering, or (when `down`) reset everything; `after` runs a
-callback once the server has done a request, and drops the answer (a client that dies there).
+reset the connection, stall before answering, cut the answer off (reset) after N bytes of its
+body, or (when `down`) reset everything; `after` runs a callback once the server has done a
+request, and drops the answer (a client that dies there).  Response bodies are streamed through
+as they come.
 An optional `check` (tests/sigv2check.py) refuses badly signed requests first.  Rules count
 down and then stop matching.  Runs in threads of the test process, which controls it directly.
 Every request is also recorded (`seen`: method, path, headers), and a request in absolute form
@@ -27,12 +29,13 @@ HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connectio
 
 @dataclass
 class Rule:
-    action: str  # "500", "503", "reset", "stall"
+    action: str  # "500", "503", "reset", "stall", "cut"
     times: int
     method: str | None = None
     query: str | None = None  # substring of the path+query, e.g. "partNumber"
     stall: float = 30.0
     then: Callable[[], None] | None = None  # for "after": run once the server has answered
+    after: int = 0  # "cut": body bytes sent before the connection is reset
 
     def matches(self, method: str, path: str) -> bool:
         return self.times > 0 and (self.method is None or self.method == method) and (
@@ -91,17 +94,21 @@ class FaultProxy:
                     self._forward_then(body, action)
                     return
                 if action == "reset":
-                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                               b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                    self.close_connection = True
-                    self.connection.close()
+                    self._reset()
                     return
                 if action is not None and action.startswith("stall:"):
                     time.sleep(float(action.split(":")[1]))
                 if action in ("500", "503"):
                     self._error(int(action), "InternalError" if action == "500" else "SlowDown")
                     return
-                self._forward(body)
+                cut = int(action.split(":")[1]) if action and action.startswith("cut:") else None
+                self._forward(body, cut)
+
+            def _reset(self) -> None:
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                           b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                self.close_connection = True
+                self.connection.close()
 
             def _error(self, status: int, code: str) -> None:
                 payload = f"<Error><Code>{code}</Code><Message>injected</Message></Error>"
@@ -113,24 +120,41 @@ class FaultProxy:
                 if self.command != "HEAD":
                     self.wfile.write(payload.encode())
 
-            def _forward(self, body: bytes) -> None:
+            def _forward(self, body: bytes, cut: int | None = None) -> None:
+                """Send the request on; stream the answer back (reset after `cut` body bytes)."""
                 conn = http.client.HTTPConnection(*proxy.target, timeout=120)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
-                data = resp.read()
+                length = resp.getheader("Content-Length")
+                data = b""
+                if self.command != "HEAD" and length is None:  # no length: buffer to learn it
+                    data = resp.read()
+                    length = str(len(data))
                 self.send_response(resp.status, resp.reason)
                 for k, v in resp.getheaders():
                     if k.lower() not in HOP_HEADERS and k.lower() != "content-length":
                         self.send_header(k, v)
-                if self.command == "HEAD":
-                    self.send_header("Content-Length", resp.getheader("Content-Length", "0"))
-                else:
-                    self.send_header("Content-Length", str(len(data)))
+                self.send_header("Content-Length", length or "0")
                 self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                conn.close()
+                sent = 0
+                try:
+                    if self.command == "HEAD":
+                        return
+                    while True:
+                        piece = data or resp.read(64 * 1024)
+                        data = b""
+                        if not piece:
+                            return
+                        if cut is not None and sent + len(piece) >= cut:
+                            self.wfile.write(piece[:cut - sent])
+                            self.wfile.flush()
+                            self._reset()
+                            return
+                        self.wfile.write(piece)
+                        sent += len(piece)
+                finally:
+                    conn.close()
 
             def _forward_then(self, body: bytes, then: Callable[[], None]) -> None:
                 """Let the server do the request, run `then`, and never answer the client."""
@@ -163,13 +187,19 @@ class FaultProxy:
                     self.injected += 1
                     if rule.then is not None:
                         return rule.then
-                    return f"stall:{rule.stall}" if rule.action == "stall" else rule.action
+                    if rule.action == "stall":
+                        return f"stall:{rule.stall}"
+                    if rule.action == "cut":
+                        return f"cut:{rule.after}"
+                    return rule.action
         return None
 
     def fail(self, action: str, times: int = 1, method: str | None = None,
-             query: str | None = None, stall: float = 30.0) -> None:
+             query: str | None = None, stall: float = 30.0, after: int = 0) -> None:
+        """Inject `action` into the next `times` matching requests ("cut": the answer's
+        connection is reset after `after` bytes of its body)."""
         with self.lock:
-            self.rules.append(Rule(action, times, method, query, stall))
+            self.rules.append(Rule(action, times, method, query, stall, after))
 
     def after(self, then: Callable[[], None], method: str | None = None,
               query: str | None = None, times: int = 1) -> None:

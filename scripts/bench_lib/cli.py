@@ -43,9 +43,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="size of the big object (sequential and random workloads) in MiB, "
                    "whatever --scale says (default 1024 x scale)")
     p.add_argument("--runs", type=int, default=3, help="runs per workload; the median is shown")
-    p.add_argument("--server", choices=["moto", "s3rver"], default="moto")
+    p.add_argument("--server", choices=["seaweedfs", "moto", "s3rver"], default="seaweedfs",
+                   help="the S3 server on loopback (default seaweedfs; moto's ranged GETs "
+                   "cost a whole-object copy, so its timings decide nothing)")
     p.add_argument("--latency", type=float, default=0.0, metavar="MS",
-                   help="delay every request by MS ms through a proxy on loopback")
+                   help="add MS ms of round-trip time through a proxy on loopback: every "
+                   "request and every new connection waits one round trip")
+    p.add_argument("--conn-mbps", type=float, default=0.0, metavar="N",
+                   help="cap each proxied TCP connection at N MB/s each way (S3 gives about "
+                   "85-90 per connection; the reference set-up is --latency 20 --conn-mbps 25)")
     p.add_argument("--count-requests", action="store_true",
                    help="route every contender through the proxy (0 ms unless --latency) and "
                    "report requests per workload")
@@ -178,9 +184,9 @@ def conditions_markdown(info: dict[str, Any]) -> str:
         f"{m['kernel']}, Python {m['python']}; load average at start "
         f"{', '.join(f'{x:.2f}' for x in m['loadavg_at_start'])} (a shared machine: "
         "figures are noisy)",
-        f"- Server: {info['server']} (loopback); added latency: "
-        + (f"{info['latency_ms']:g} ms per request through a delay proxy"
-           if info["latency_ms"] else
+        f"- Server: {info['server']} (loopback); link: "
+        + (f"every contender through one proxy: {info['link']}"
+           if info.get("latency_ms") or info.get("conn_mbps") else
            ("none (through a 0 ms counting proxy)" if info["proxy"] else "none, no proxy")),
         f"- Runs: {info['runs']} per workload, median shown; scale {info['scale']:g}; big "
         f"object {mib(info['sizes']['big'])}",
@@ -252,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     targets, versions, notes = (["s3mount"], Mounts.available(), []) if args.memory \
         else choose_targets(args)
     info: dict[str, Any] = {"machine": machine(), "scale": args.scale, "runs": args.runs,
-                            "latency_ms": args.latency, "targets": targets, "notes": notes,
+                            "latency_ms": args.latency, "conn_mbps": args.conn_mbps,
+                            "targets": targets, "notes": notes,
                             "versions": {k: v for k, v in versions.items() if k in targets},
                             "sizes": vars(sizes), "raw_boto3": RAW_DESCRIPTION}
     m = info["machine"]
@@ -272,9 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         server = start_server(args.server, workdir, args.install_peers)
         info["server"] = server.describe()
         say(f"server: {info['server']}")
-        if args.latency or args.count_requests:
-            proxy = DelayProxy(server.port, args.latency).start()
-            say(f"proxy: {proxy.url} -> {server.url}, {args.latency:g} ms per request")
+        if args.latency or args.conn_mbps or args.count_requests:
+            proxy = DelayProxy(server.port, args.latency, args.conn_mbps).start()
+            info["link"] = proxy.describe()
+            say(f"proxy: {proxy.url} -> {server.url}, {info['link']}")
         info["proxy"] = proxy is not None
         endpoint = proxy.url if proxy else server.url
         admin = make_client(server.url, server.access_key, server.secret_key, pool=32)
@@ -328,7 +336,9 @@ def finish(args: argparse.Namespace, info: dict[str, Any],
     out.mkdir(parents=True, exist_ok=True)
     base = out / f"bench-{stamp()}"
     title = (f"s3mount bench, {info['server'].split(' on ')[0]}, "
-             f"latency {args.latency:g} ms, scale {args.scale:g}, median of {args.runs}")
+             f"latency {args.latency:g} ms, "
+             + (f"{args.conn_mbps:g} MB/s per connection, " if args.conn_mbps else "")
+             + f"scale {args.scale:g}, median of {args.runs}")
     parts = [f"## {title}", "", conditions_markdown(info), "",
              report.markdown_table(results, sizes, targets), ""]
     pools = report.pool_lines(results)

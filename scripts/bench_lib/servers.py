@@ -1,4 +1,10 @@
-"""Local S3 servers on loopback: moto (default) or s3rver, started on a free port, stopped always.
+"""Local S3 servers on loopback: SeaweedFS (default), moto or s3rver, on a free port, stopped always.
+
+SeaweedFS is the reference: a real Go object store whose ranged GETs and part copies cost the
+bytes asked for, as on S3.  It is started by scripts/seaweed.py (the one starter the tests and
+the demo use too) with keys of our choosing, which every contender is given.  moto stays a test
+server; its ranged GETs and part copies cost a copy of the whole object, so no design decision
+rests on its timings.
 
 moto comes from the venv running the bench (`moto_server` next to `sys.executable`).  s3rver is an
 npm package: found on PATH, or installed once into ~/.cache/s3mount-bench/s3rver with npm.  It
@@ -150,7 +156,27 @@ def _answering(server: Server) -> Server:
     return server
 
 
+SEAWEED_KEYS = ("benchkey", "benchsecret1234")
+
+
+def start_seaweedfs(workdir: Path) -> Server:
+    from seaweed import SeaweedFS, weed_binary  # scripts/ is on the bench's path
+
+    server = SeaweedFS(workdir / "seaweedfs", *SEAWEED_KEYS)
+    server.start()
+    assert server.proc is not None
+    try:
+        text = subprocess.run([weed_binary(), "version"], capture_output=True, text=True,
+                              timeout=30).stdout
+        version = text.split()[2] if len(text.split()) > 2 else "?"
+    except (OSError, subprocess.SubprocessError):
+        version = "?"
+    return Server("seaweedfs", server.port, server.proc, *SEAWEED_KEYS, version, server.log)
+
+
 def start_server(kind: str, workdir: Path, install: bool) -> Server:
+    if kind == "seaweedfs":
+        return start_seaweedfs(workdir)
     if kind == "moto":
         return start_moto(workdir)
     if kind == "s3rver":

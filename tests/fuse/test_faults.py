@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import time
 
 import pytest
@@ -105,6 +106,73 @@ def test_stalled_read_fails_in_bounded_time(via_proxy, proxy, s3_client, bucket)
     print(f"\nFAULT stalled GET: EIO after {took:.1f} s")
     proxy.clear()
     assert (via_proxy.path / "slow.bin").read_bytes() == b"s" * MIB  # the mount lives
+
+
+def test_a_get_cut_in_the_middle_of_its_body_is_resumed(via_proxy, proxy, s3_client, bucket):
+    data = os.urandom(20 * MIB)
+    s3_client.put_object(Bucket=bucket, Key="cut.bin", Body=data)
+    assert os.listdir(via_proxy.path) == ["cut.bin"]
+    # The next two GETs of it are reset after 10,000 bytes of body: after their headers, so
+    # botocore's own retries do not cover them.
+    proxy.fail("cut", times=2, method="GET", query=f"{bucket}/cut.bin", after=10_000)
+    start = time.monotonic()
+    assert (via_proxy.path / "cut.bin").read_bytes() == data
+    assert proxy.injected == 2
+    # Resumed, not failed: no read returned EIO, even one the kernel then asked again.
+    assert not via_proxy.problems(), via_proxy.problems()[:3]
+    report("reset in the middle of 2 GET bodies", len(data), len(data),
+           time.monotonic() - start)
+
+
+def test_a_get_cut_on_every_attempt_fails_with_eio_in_bounded_time(via_proxy, proxy, s3_client,
+                                                                  bucket):
+    via_proxy.expected_problems = ["GET", "broke off", "read"]
+    s3_client.put_object(Bucket=bucket, Key="cut.bin", Body=b"c" * MIB)
+    assert os.listdir(via_proxy.path) == ["cut.bin"]
+    proxy.fail("cut", times=1000, method="GET", query=f"{bucket}/cut.bin", after=1000)
+    started = time.monotonic()
+    with pytest.raises(OSError) as exc:
+        (via_proxy.path / "cut.bin").read_bytes()
+    took = time.monotonic() - started
+    assert exc.value.errno == errno.EIO
+    assert took < 30
+    assert 2 <= proxy.injected <= 3 * 8  # --max-attempts 3 per request, never endless
+    print(f"\nFAULT GET cut on every attempt: EIO after {took:.1f} s, "
+          f"{proxy.injected} attempts")
+    proxy.clear()
+    assert (via_proxy.path / "cut.bin").read_bytes() == b"c" * MIB  # the mount lives
+
+
+def test_reads_on_the_wire_leave_metadata_and_uploads_their_slots(proxy, s3_client, bucket,
+                                                                  tmp_path):
+    # One request slot for metadata and uploads; the reader's GETs have a budget of their own.
+    m = Mount(proxy.endpoint, bucket, tmp_path / "mnt", tmp_path / "cache",
+              ["--max-concurrency", "1", "--read-timeout", "30"])
+    m.start()
+    try:
+        data = os.urandom(48 * MIB)
+        s3_client.put_object(Bucket=bucket, Key="big.bin", Body=data)
+        s3_client.put_object(Bucket=bucket, Key="other.txt", Body=b"x")
+        assert sorted(os.listdir(m.path)) == ["big.bin", "other.txt"]
+        proxy.fail("stall", times=1000, method="GET", query=f"{bucket}/big.bin", stall=6)
+        got: list[bytes] = []
+        reader = threading.Thread(target=lambda: got.append((m.path / "big.bin").read_bytes()))
+        reader.start()
+        time.sleep(1.5)  # its first GETs and the window's are stalled on the wire
+        started = time.monotonic()
+        (m.path / "new.txt").write_bytes(b"written meanwhile")  # lookup, PUT
+        assert (m.path / "other.txt").stat().st_size == 1  # HEAD after the TTL
+        took = time.monotonic() - started
+        assert took < 4, f"metadata and upload waited {took:.1f} s behind stalled reads"
+        assert reader.is_alive()  # the reads were still waiting
+        reader.join(120)
+        assert got == [data]
+        assert s3_client.get_object(Bucket=bucket, Key="new.txt")["Body"].read() == \
+            b"written meanwhile"
+        assert not m.problems(), m.problems()[:3]
+    finally:
+        proxy.clear()
+        m.stop()
 
 
 def test_listing_while_endpoint_down_fails_cleanly(via_proxy, proxy):
