@@ -330,7 +330,12 @@ class FileData:
             await self._disk(staged.forget_journal)
         staged.dirty = False
         inode.fetched_at = 0.0  # the next open sees the other client's version
-        return
+        if inode.local_only:
+            # Ours was a new file, and the key is theirs now: the inode stands for their
+            # object, so neither release nor unmount tries to upload ours again.
+            theirs = await self.store.head(key)
+            if theirs is not None:
+                inode.etag, inode.size = theirs.etag, theirs.size
 
     async def _overrule_conflict(self, inode: Inode, staged: StagedFile,
                                  key: str) -> tuple[str, Stale]:

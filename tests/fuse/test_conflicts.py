@@ -43,17 +43,14 @@ def concurrent_create(mounted, s3_client, bucket) -> None:
 
 
 def test_concurrent_create_is_detected(mounted, s3_client, bucket):
-    # The lost create is reported again at release and at unmount (see the xfail below).
-    mounted.expect("changed in the bucket", at_least=1, at_most=3)
-    mounted.expect("PreconditionFailed", at_least=1, at_most=2)
+    mounted.expect("changed in the bucket", count=1)
+    mounted.expect("PreconditionFailed", count=1)
     concurrent_create(mounted, s3_client, bucket)
     objects = bucket_objects(s3_client, bucket)
     assert objects["new.txt"] == b"someone else's"
     assert conflicts_of(objects, "new.txt") == [b"mine"]
 
 
-@pytest.mark.xfail(strict=True, reason="a created file that lost the race stays dirty: it is "
-                   "set aside again at release and at unmount, which logs 'could not upload'")
 def test_concurrent_create_is_set_aside_once(mounted, s3_client, bucket):
     concurrent_create(mounted, s3_client, bucket)
     mounted.stop()
