@@ -23,7 +23,7 @@ SERVERS = ("moto", "seaweedfs")
 SIGV2_MATRIX = {"test_programs"}
 SERVER_MATRIX = {"test_basics", "test_programs", "test_model", "test_crash", "test_conflicts",
                  "test_coherence", "test_fsx", "test_capabilities",
-                 "test_directories"}
+                 "test_directories", "test_file_types"}
 
 _counter = itertools.count()
 
