@@ -1,5 +1,6 @@
-"""Logging set-up: plain lines for files and pipes, time stamps on a terminal, and sd-daemon
-priority prefixes when stderr is systemd's journal stream; noisy libraries kept at WARNING."""
+"""Logging set-up: lines with time stamps for log files, pipes and terminals, and sd-daemon
+priority prefixes without time stamps (journald adds its own) when stderr is systemd's journal
+stream; noisy libraries kept at WARNING."""
 
 from __future__ import annotations
 
@@ -36,10 +37,8 @@ def setup_logging(level: str, stream: Any = None) -> None:
     handler = logging.StreamHandler(stream)
     if on_journal(stream):
         handler.setFormatter(JournalFormatter("%(levelname)s %(name)s: %(message)s"))
-    elif stream.isatty():
+    else:  # the daemon's log file, a pipe, a terminal: when each line happened matters
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    else:  # log files (and journald without $JOURNAL_STREAM) get no time stamps
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -4,6 +4,7 @@ line, and running that command line."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -105,6 +106,10 @@ def is_mounted(path: Path) -> bool:
         return any(line.split()[1] == str(path) for line in f)
 
 
+# A log line of WARNING or worse, after the time stamp every line of the daemon's log starts with.
+PROBLEM_LINE = re.compile(r"(?:\S+ \S+ )?(?:WARNING|ERROR|CRITICAL) ")
+
+
 class Mount:
     """One s3mount daemon, started through the command line as a user would."""
 
@@ -175,7 +180,7 @@ class Mount:
 
     def problems(self) -> list[str]:
         return [line for line in self.log_text().splitlines()
-                if line.startswith(("WARNING", "ERROR", "CRITICAL")) or "Traceback" in line]
+                if PROBLEM_LINE.match(line) or "Traceback" in line]
 
 
 @dataclass(frozen=True)

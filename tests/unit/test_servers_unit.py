@@ -313,7 +313,7 @@ def test_not_journal_when_stream_differs(tmp_path, monkeypatch):
         assert not cli.on_journal(stream)
 
 
-def test_plain_log_lines_off_a_terminal(tmp_path, monkeypatch):
+def test_log_file_lines_carry_time_stamps(tmp_path, monkeypatch):
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
     root = logging.getLogger()
     saved = root.handlers[:], root.level
@@ -324,7 +324,8 @@ def test_plain_log_lines_off_a_terminal(tmp_path, monkeypatch):
         finally:
             root.handlers[:], level = saved
             root.setLevel(level)
-    assert (tmp_path / "log").read_text() == "WARNING s3mount.x: careful\n"  # no time, no colour
+    line = (tmp_path / "log").read_text()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING s3mount.x: careful\n", line), line
 
 
 # -- status ------------------------------------------------------------------------------------
