@@ -56,6 +56,7 @@ class MountConfig:
     ca_bundle: str | None = None
     verify_ssl: bool = True
     metrics_port: int | None = None  # Prometheus text on 127.0.0.1, when given
+    request_path: str = "lean"  # "boto3": every request through boto3 (see lean.py)
 
     def cache_budget(self) -> int:
         """Bytes the block cache may hold: the option, or a share of the disk that never

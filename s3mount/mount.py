@@ -31,10 +31,10 @@ from s3mount.fs import Filesystem
 from s3mount.fuse_ops import FuseOperations
 from s3mount.handles import HandleTable
 from s3mount.inodes import InodeTable
+from s3mount.lean import lean_blockers, make_store
 from s3mount.namespace import Namespace
 from s3mount.notify import Notifier
 from s3mount.recovery import Recovery
-from s3mount.s3 import S3Store
 from s3mount.status import Monitor, human_bytes
 from s3mount.uploader import Uploader
 
@@ -102,7 +102,9 @@ def recover(config: MountConfig, fs: Filesystem) -> None:
 def run(config: MountConfig, client: Any, on_ready: Callable[[], None] | None = None) -> int:
     heap.return_big_buffers()  # before any worker thread makes an arena
     limiters = Limiters(config.max_concurrency)
-    store = S3Store(client, config.bucket, config.prefix, limiters.s3)
+    store = make_store(client, config, limiters.s3)
+    blockers = lean_blockers(config)
+    log.debug("requests: %s", f"boto3 ({', '.join(blockers)})" if blockers else "lean path")
     background = Background()
     fs = build_filesystem(config, store, limiters, background)
     lock = lock_cache_dir(config.cache_path())
