@@ -62,7 +62,6 @@ THROTTLE_CODES = frozenset({
     "TransactionInProgressException", "RequestLimitExceeded", "BandwidthLimitExceeded",
     "LimitExceededException", "RequestThrottled", "SlowDown", "EC2ThrottledException"})
 MAX_BACKOFF = 20.0
-S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 META = "x-amz-meta-"
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
@@ -79,8 +78,8 @@ def lean_blockers(config: MountConfig) -> list[str]:
     scheme = urllib.parse.urlsplit(config.endpoint_url or "https://s3.amazonaws.com").scheme
     if scheme in urllib.request.getproxies():
         reasons.append(f"a proxy for {scheme} in the environment")
-    defaults = MountConfig(bucket="", prefix="", mountpoint="")
-    for field in dataclasses.fields(MountConfig):
+    defaults = type(config)(bucket="", prefix="", mountpoint="")
+    for field in dataclasses.fields(config):
         if field.name not in UNDERSTOOD_FIELDS and (
                 getattr(config, field.name) != getattr(defaults, field.name)):
             reasons.append(f"option {field.name}")
@@ -268,7 +267,7 @@ class LeanS3Store(S3Store):
 def parse_listing(body: bytes, cut: int) -> ListPage:
     """A ListObjectsV2 answer (url-encoded keys) as a `ListPage`, keys `cut` of their prefix."""
     root = ET.fromstring(body)
-    ns = S3_NS if root.tag.startswith(S3_NS) else ""
+    ns = root.tag[:root.tag.find("}") + 1]  # S3's namespace, or another server's, or none
     encoded = root.findtext(f"{ns}EncodingType") == "url"
 
     def name(text: str | None) -> str:
