@@ -22,6 +22,7 @@ import pyfuse3
 import trio
 
 from s3mount import heap, status
+from s3mount.attrcache import RememberingStore
 from s3mount.blockcache import BlockCache
 from s3mount.blocking import Background, Limiters, run_blocking
 from s3mount.config import MountConfig
@@ -102,12 +103,14 @@ def recover(config: MountConfig, fs: Filesystem) -> None:
 def run(config: MountConfig, client: Any, on_ready: Callable[[], None] | None = None) -> int:
     heap.return_big_buffers()  # before any worker thread makes an arena
     limiters = Limiters(config.max_concurrency)
-    store = make_store(client, config, limiters.s3)
+    store = RememberingStore(make_store(client, config, limiters.s3),
+                             config.cache_path() / "attrs.sqlite")
     blockers = lean_blockers(config)
     log.debug("requests: %s", f"boto3 ({', '.join(blockers)})" if blockers else "lean path")
     background = Background()
     fs = build_filesystem(config, store, limiters, background)
     lock = lock_cache_dir(config.cache_path())
+    store.open()
     recover(config, fs)
     monitor = Monitor(config, fs, store)
     notifier = Notifier()
@@ -125,6 +128,7 @@ def run(config: MountConfig, client: Any, on_ready: Callable[[], None] | None = 
         failed = trio.run(_serve, fs, ops, limiters, background, monitor, notifier, on_ready)
     finally:
         pyfuse3.close(unmount=True)
+        store.close()
         lock.close()
     log.info("unmounted %s", config.mountpoint)
     notifier.status(f"Unmounted {config.mountpoint}"
