@@ -40,6 +40,7 @@ from botocore.exceptions import (
     ProfileNotFound,
     SSLError,
 )
+from s3transfer.utils import ReadFileChunk
 
 from s3mount import errors
 from s3mount.blocking import run_blocking
@@ -385,11 +386,13 @@ class S3Store:
     async def upload_part(self, key: str, upload_id: str, number: int, path: str, offset: int,
                           length: int) -> str:
         def upload() -> dict[str, Any]:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                body = f.read(length)
-            return self.client.upload_part(Bucket=self.bucket, Key=self._full(key),
-                                           UploadId=upload_id, PartNumber=number, Body=body)
+            # Streamed from the staging file, never held whole: ten parts in flight would
+            # otherwise hold 80 MiB (botocore rewinds the reader to retry).
+            with ReadFileChunk.from_filename(path, offset, length,
+                                             enable_callbacks=False) as body:
+                return self.client.upload_part(Bucket=self.bucket, Key=self._full(key),
+                                               UploadId=upload_id, PartNumber=number,
+                                               Body=body)
 
         etag = _etag(await self._call(f"PART {number} of {key}", upload))
         self.stats.bytes_out += length
