@@ -163,6 +163,9 @@ def build_parser() -> Parser:
                    help="attributes of listed objects come from the listing alone (ls -l of "
                    "10,000 objects: 10 LISTs, no HEADs); modes, owners and symlinks written by "
                    "other clients then show as defaults until looked up after the TTL")
+    p.add_argument("--request-path", choices=("lean", "boto3"), default="lean",
+                   help="lean: HEAD, ranged GET and LIST skip boto3's per-call work (about a "
+                   "third of its CPU), when the options allow; boto3: every request via boto3")
     p.add_argument("--connect-timeout", type=positive(float, nonzero=True), default=10.0,
                    help="seconds to wait for a connection to the endpoint")
     p.add_argument("--read-timeout", type=positive(float, nonzero=True), default=60.0,
@@ -442,7 +445,8 @@ def make_config(argv: list[str]) -> MountConfig:
         verify_ssl=not args.no_verify_ssl, metrics_port=args.metrics_port,
         conditional_writes=not args.no_conditional_writes, trust_listings=args.trust_listings,
         connect_timeout=args.connect_timeout, read_timeout=args.read_timeout,
-        max_attempts=max(1, args.max_attempts), sse=args.sse,
+        request_path=args.request_path, max_attempts=max(1, args.max_attempts),
+        sse=args.sse,
         sse_kms_key_id=args.sse_kms_key_id, sse_customer_key=sse_key,
         storage_class=args.storage_class, requester_pays=args.requester_pays,
         content_type=args.content_type, proxy=args.proxy, checksum=args.checksum, **extra)

@@ -66,6 +66,7 @@ class MountConfig:
     content_type: str | None = None  # None: S3's default; "auto": guessed from the name
     proxy: str | None = None  # http(s) proxy URL for every request
     checksum: str = "off"  # "sha256" or "crc32c": x-amz-checksum-* on every upload
+    request_path: str = "lean"  # "boto3": every request through boto3 (see lean.py)
 
     def cache_budget(self) -> int:
         """Bytes the block cache may hold: the option, or a share of the disk that never

@@ -22,6 +22,7 @@ import pyfuse3
 import trio
 
 from s3mount import heap, probing, status
+from s3mount.attrcache import RememberingStore
 from s3mount.blockcache import BlockCache
 from s3mount.blocking import Background, Limiters, run_blocking
 from s3mount.capabilities import Capabilities
@@ -33,12 +34,11 @@ from s3mount.fuse_ops import FuseOperations
 from s3mount.handles import HandleTable
 from s3mount.inodes import InodeTable
 from s3mount.keys import RESERVED_NAME
+from s3mount.lean import lean_blockers, make_store
 from s3mount.markers import MarkerStore
 from s3mount.namespace import Namespace
 from s3mount.notify import Notifier
 from s3mount.recovery import Recovery
-from s3mount.requestargs import RequestArgs
-from s3mount.s3 import S3Store
 from s3mount.status import Monitor, human_bytes
 from s3mount.uploader import Uploader
 
@@ -129,11 +129,14 @@ def run(config: MountConfig, client: Any, on_ready: Callable[[], None] | None = 
     heap.return_big_buffers()  # before any worker thread makes an arena
     limiters = Limiters(config.max_concurrency, reads=config.max_read_concurrency)
     capabilities = find_capabilities(config, client)
-    store = S3Store(client, config.bucket, config.prefix, limiters.s3, RequestArgs(config),
-                    read_limiter=limiters.reads, capabilities=capabilities)
+    store = RememberingStore(make_store(client, config, limiters, capabilities),
+                             config.cache_path() / "attrs.sqlite")
+    blockers = lean_blockers(config)
+    log.debug("requests: %s", f"boto3 ({', '.join(blockers)})" if blockers else "lean path")
     background = Background()
     fs = build_filesystem(config, store, limiters, background, capabilities)
     lock = lock_cache_dir(config.cache_path())
+    store.open()
     recover(config, fs)
     monitor = Monitor(config, fs, store)
     notifier = Notifier()
@@ -151,6 +154,7 @@ def run(config: MountConfig, client: Any, on_ready: Callable[[], None] | None = 
         failed = trio.run(_serve, fs, ops, limiters, background, monitor, notifier, on_ready)
     finally:
         pyfuse3.close(unmount=True)
+        store.close()
         lock.close()
     log.info("unmounted %s", config.mountpoint)
     notifier.status(f"Unmounted {config.mountpoint}"

@@ -240,9 +240,13 @@ class Namespace:
         start = bisect.bisect_right(order, name)
         for other in order[start:start + 2 * count]:
             child = self.table.child(parent.ino, other)
+            # An entry whose attributes are known but old is left to the LIST page that
+            # refreshes a big directory (`relist_from`); a HEAD would refresh it alone.
+            stale = not child.fresh(self.freshness) and parent.listed_children < BATCH \
+                if child is not None else False
             if (child is not None and not child.is_dir and child.staged is None
                     and not child.local_only and child.ino not in self._completing
-                    and not (child.meta_known and child.fresh(self.freshness))):
+                    and (not child.meta_known or stale)):
                 found.append(child)
                 if len(found) == count:
                     break
@@ -392,7 +396,14 @@ class Namespace:
                     child.fetched_at = time.monotonic()  # the listing confirms this version
                 entries[name] = child
                 continue
-            if child is not None and child.kind == stat.S_IFREG:
+            if obj.metadata is not None:
+                # This very version's attributes, remembered from an earlier HEAD of it.
+                kind = stat.S_IFLNK if is_symlink_meta(obj.metadata) else stat.S_IFREG
+                if child is not None and child.kind == kind:
+                    self.refresh_from(child, obj, kind)
+                else:
+                    child = self.new_child(directory, name, kind, obj)
+            elif child is not None and child.kind == stat.S_IFREG:
                 child.size, child.etag = obj.size, obj.etag
                 child.meta_known = self.config.trust_listings
                 child.mtime_ns = int(obj.mtime * 1e9)

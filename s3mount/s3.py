@@ -29,7 +29,6 @@ import boto3
 import botocore.handlers
 import botocore.session
 import botocore.utils
-import trio
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -110,9 +109,8 @@ def credential_source(config: MountConfig) -> str:
     return "boto3's default chain (environment, ~/.aws/credentials, ~/.aws/config)"
 
 
-def build_client(config: MountConfig) -> Any:
-    """The boto3 client for a mount: keys, TLS, addressing, signature, bounded retries and
-    timeouts."""
+def build_session(config: MountConfig) -> Any:
+    """The boto3 session of a mount: its credentials are the keys given, else boto3's chain."""
     keys: dict[str, str] = {}
     if config.keys is not None:
         keys = {"aws_access_key_id": config.keys.access_key,
@@ -121,10 +119,15 @@ def build_client(config: MountConfig) -> Any:
     core.get_component("response_parser_factory").set_parser_defaults(
         timestamp_parser=parse_timestamp)
     try:
-        session = boto3.session.Session(botocore_session=core, profile_name=config.profile,
-                                        **keys)
+        return boto3.session.Session(botocore_session=core, profile_name=config.profile, **keys)
     except ProfileNotFound as exc:
         raise errors.ConfigError(f"profile not found: {exc}") from None
+
+
+def build_client(config: MountConfig) -> Any:
+    """The boto3 client for a mount: keys, TLS, addressing, signature, bounded retries and
+    timeouts."""
+    session = build_session(config)
     verify: bool | str = config.verify_ssl
     if config.ca_bundle:
         verify = config.ca_bundle
@@ -429,6 +432,8 @@ class S3Store:
 
     async def upload_part(self, key: str, upload_id: str, number: int, path: str, offset: int,
                           length: int) -> str:
+        # Read whole, not streamed from the file: a truncate may shorten the staging file
+        # while the part is in flight, and a streamed reader then breaks the request.
         def read() -> bytes:
             with open(path, "rb") as f:
                 f.seek(offset)

@@ -1,0 +1,202 @@
+"""The lean request path (s3mount/lean.py) answers as the boto3 `S3Store` does.
+
+Each test runs against moto and against SeaweedFS, which verifies signatures: a request the lean
+path signs wrongly fails there.  Answers are compared with the boto3 store's on the same objects.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from faultproxy import FaultProxy
+from helpers import ACCESS_KEY, REGION, SECRET_KEY
+
+from s3mount import errors
+from s3mount.blocking import Limiters
+from s3mount.config import MountConfig
+from s3mount.credentials import Keys
+from s3mount.lean import LeanS3Store, lean_blockers, make_store
+from s3mount.s3 import S3Store, build_client
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from seaweed import SeaweedFS  # noqa: E402
+
+# Keys that need encoding in a path or a query, and one that looks encoded already.
+ODD_KEYS = ["a b", "plus+sign", "pct%20lit", "pct%2Fslash", "tilde~x", "eq=amp&q?h#",
+            "ünïcødé/ñ", "deep/er/key", "star*(paren)!'", "semi;colon,comma:@$"]
+
+
+@pytest.fixture(scope="module")
+def seaweedfs(tmp_path_factory):
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"), ACCESS_KEY, SECRET_KEY)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["moto", "seaweedfs"])
+def server(request, s3_server):
+    if request.param == "moto":
+        return s3_server
+    return request.getfixturevalue("seaweedfs")
+
+
+@pytest.fixture
+def client(server, aws_env):
+    import boto3
+    return boto3.client("s3", endpoint_url=server.endpoint, region_name=REGION,
+                        aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
+
+
+_buckets = iter(range(10**6))
+
+
+@pytest.fixture
+def bucket(client):
+    name = f"lean-{os.getpid()}-{next(_buckets)}"
+    client.create_bucket(Bucket=name)
+    return name
+
+
+def stores(server, bucket, prefix="", **overrides) -> tuple[S3Store, LeanS3Store]:
+    config = MountConfig(bucket=bucket, prefix=prefix, mountpoint="/nonexistent",
+                         endpoint_url=overrides.pop("endpoint_url", server.endpoint),
+                         region=REGION, max_attempts=overrides.pop("max_attempts", 2),
+                         **overrides)
+    limiters = Limiters(4)
+    boto = S3Store(build_client(config), bucket, prefix, limiters.s3)
+    lean = make_store(build_client(config), config, limiters)
+    assert isinstance(lean, LeanS3Store), lean_blockers(config)
+    return boto, lean
+
+
+async def test_head_get_and_list_answer_as_boto3_does(server, client, bucket):
+    for i, key in enumerate(ODD_KEYS):
+        client.put_object(Bucket=bucket, Key=f"p/{key}", Body=bytes(range(i, i + 40)),
+                          Metadata={"mode": "33261", "uid": str(i), "mtime": "1.000000002"})
+    boto, lean = stores(server, bucket, prefix="p/")
+    for key in ODD_KEYS:
+        expected = await boto.head(key)
+        assert expected is not None and expected.metadata["uid"]
+        assert await lean.head(key) == expected
+        assert await lean.get_range(key, 3, 17, expected.etag) == \
+            await boto.get_range(key, 3, 17, expected.etag)
+    for prefix, delimiter in (("", "/"), ("", None), ("deep/", "/"), ("ünïcødé/", "/")):
+        assert await lean.list_page(prefix, delimiter) == await boto.list_page(prefix, delimiter)
+    page = await lean.list_page("", "/")
+    assert sorted(page.prefixes) == ["deep/", "ünïcødé/"]
+    assert {o.key for o in page.objects} == {k for k in ODD_KEYS if "/" not in k}
+    assert await lean.head("absent") is None
+    assert lean.stats.requests["HEAD"] >= len(ODD_KEYS) + 1
+
+
+async def test_listing_pages_and_start_after_as_boto3_does(server, client, bucket):
+    keys = [f"k{i:02d} +%" for i in range(23)]
+    for key in keys:
+        client.put_object(Bucket=bucket, Key=key, Body=b"x")
+    boto, lean = stores(server, bucket)
+    seen, token, pages = [], None, 0
+    while True:
+        page = await lean.list_page("", "/", token, max_keys=10)
+        assert page == await boto.list_page("", "/", token, max_keys=10)
+        seen += [o.key for o in page.objects]
+        token, pages = page.next_token, pages + 1
+        if token is None:
+            break
+    assert seen == keys and pages == 3
+    after = await lean.list_page("", "/", start_after=keys[19])
+    assert [o.key for o in after.objects] == keys[20:]
+    assert after == await boto.list_page("", "/", start_after=keys[19])
+
+
+async def test_errors_map_through_the_one_table(server, client, bucket):
+    client.put_object(Bucket=bucket, Key="f", Body=b"0123456789")
+    boto, lean = stores(server, bucket)
+    with pytest.raises(errors.NotFound):
+        await lean.get_range("missing", 0, 4, None)
+    with pytest.raises(errors.Stale):  # 412: the object is no longer that version
+        await lean.get_range("f", 0, 4, "0" * 32)
+    with pytest.raises(errors.NotFound):
+        await stores(server, bucket + "-absent")[1].list_page("", "/")
+    assert lean.stats.errors["GET"] == 1  # a missing key is an answer, a stale one an error
+
+
+SIGNATURES_CHECKED = pytest.mark.parametrize("server", ["seaweedfs"], indirect=True)
+
+
+@SIGNATURES_CHECKED
+async def test_wrong_secret_is_access_denied(server, client, bucket, aws_env):
+    client.put_object(Bucket=bucket, Key="f", Body=b"x")
+    _, lean = stores(server, bucket, keys=Keys(ACCESS_KEY, "wrong-secret"))
+    with pytest.raises(errors.AccessDenied):
+        await lean.head("f")
+    with pytest.raises(errors.AccessDenied):
+        await lean.list_page("", "/")
+
+
+@SIGNATURES_CHECKED
+async def test_every_request_is_signed_with_the_credentials_of_the_moment(
+        server, client, bucket, aws_env, tmp_path, monkeypatch):
+    """Credentials that refresh (here a credential_process whose keys expire within minutes,
+    so botocore asks again on every use) are read for each request, never a stale signature."""
+    client.put_object(Bucket=bucket, Key="f", Body=b"x")
+    secret = tmp_path / "secret"
+    secret.write_text("wrong-secret")
+    script = tmp_path / "creds.py"
+    script.write_text(textwrap.dedent(f"""\
+        import datetime, json, pathlib
+        soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=2)
+        print(json.dumps({{"Version": 1, "AccessKeyId": "{ACCESS_KEY}",
+                          "SecretAccessKey": pathlib.Path("{secret}").read_text(),
+                          "Expiration": soon.isoformat()}}))
+        """))
+    config_file = tmp_path / "config"
+    config_file.write_text(f"[profile refreshing]\ncredential_process = {sys.executable} "
+                           f"{script}\nregion = {REGION}\n")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config_file))
+    _, lean = stores(server, bucket, profile="refreshing")
+    with pytest.raises(errors.AccessDenied):
+        await lean.head("f")
+    secret.write_text(SECRET_KEY)  # the keys were rotated
+    info = await lean.head("f")
+    assert info is not None and info.size == 1
+
+
+async def test_transient_failures_are_retried_within_max_attempts(server, client, bucket):
+    client.put_object(Bucket=bucket, Key="f", Body=b"x")
+    proxy = FaultProxy(server.endpoint)
+    try:
+        _, lean = stores(server, bucket, endpoint_url=proxy.endpoint, max_attempts=3)
+        proxy.fail("503", times=2, method="HEAD")
+        assert (await lean.head("f")).size == 1
+        proxy.fail("500", times=2, method="GET")
+        assert await lean.get_range("f", 0, 1, None) == b"x"
+        proxy.fail("reset", times=2, method="GET")
+        assert (await lean.list_page("", "/")).objects[0].key == "f"
+        proxy.fail("503", times=3, method="HEAD")
+        with pytest.raises(errors.RemoteIO):
+            await lean.head("f")
+        assert proxy.injected == 9
+    finally:
+        proxy.stop()
+
+
+def test_options_the_lean_path_lacks_route_to_boto3():
+    base = dict(bucket="b", prefix="", mountpoint="/m")
+    assert lean_blockers(MountConfig(**base)) == []
+    assert lean_blockers(MountConfig(**base, storage_class="STANDARD_IA", checksum="sha256")) == []
+    for config in (MountConfig(**base, signature_version="v2"),
+                   MountConfig(**base, addressing_style="virtual"),
+                   MountConfig(**base, request_path="boto3"),
+                   MountConfig(**base, requester_pays=True),
+                   MountConfig(**base, sse_customer_key=bytes(32)),
+                   MountConfig(**base, proxy="http://127.0.0.1:3128")):
+        assert lean_blockers(config)
+        store = make_store(None, config, Limiters(4))
+        assert type(store) is S3Store
