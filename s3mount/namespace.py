@@ -398,7 +398,7 @@ class Namespace:
                 continue
             if obj.metadata is not None:
                 # This very version's attributes, remembered from an earlier HEAD of it.
-                kind = stat.S_IFLNK if is_symlink_meta(obj.metadata) else stat.S_IFREG
+                kind = object_kind(obj.metadata)
                 if child is not None and child.kind == kind:
                     self.refresh_from(child, obj, kind)
                 else:
