@@ -316,7 +316,7 @@ class Namespace:
         if found.marker is not None or found.has_children:
             kind, info = stat.S_IFDIR, found.marker
         elif found.obj is not None:
-            kind = object_kind(found.obj.metadata)
+            kind = object_kind(found.obj.metadata, found.obj.size)
             info = found.obj
         else:
             if child is not None:
@@ -398,7 +398,7 @@ class Namespace:
                 continue
             if obj.metadata is not None:
                 # This very version's attributes, remembered from an earlier HEAD of it.
-                kind = object_kind(obj.metadata)
+                kind = object_kind(obj.metadata, obj.size)
                 if child is not None and child.kind == kind:
                     self.refresh_from(child, obj, kind)
                 else:

@@ -142,10 +142,13 @@ def is_symlink_meta(metadata: dict[str, str] | None) -> bool:
     return bool(metadata) and stat.S_ISLNK(_int_or(metadata.get("mode"), 0, MAX_MODE))
 
 
-def object_kind(metadata: dict[str, str] | None) -> int:
+def object_kind(metadata: dict[str, str] | None, size: int = 0) -> int:
     """What a (non-directory) object is, by the type bits of its mode: a symlink, FIFO, socket
-    or device when they say so, else a regular file."""
+    or device when they say so, else a regular file.  Special files are empty objects, so one
+    with a body is a regular file whatever its mode says: its bytes stay readable."""
     kind = stat.S_IFMT(_int_or((metadata or {}).get("mode"), 0, MAX_MODE))
+    if kind in SPECIAL_KINDS and size > 0:
+        return stat.S_IFREG
     return kind if kind in OBJECT_KINDS else stat.S_IFREG
 
 
