@@ -16,6 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from faultproxy import FaultProxy  # noqa: E402
 from helpers import MotoServer, SeaweedServer  # noqa: E402
 
 SERVERS = ("moto", "seaweedfs")
@@ -108,3 +109,11 @@ def bucket(s3_server, s3_client, _servers):
     yield name
     if s3_server.name == "seaweedfs":
         _servers.spent.append(name)
+
+
+@pytest.fixture
+def proxy(s3_server):
+    """The HTTP fault proxy (tests/faultproxy.py) in front of the test's server."""
+    p = FaultProxy(s3_server.endpoint)
+    yield p
+    p.stop()

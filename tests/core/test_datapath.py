@@ -10,7 +10,6 @@ from collections import Counter
 
 import pytest
 import trio
-from faultproxy import FaultProxy
 from helpers import REGION
 
 from s3mount.blockcache import BlockCache, block_digest
@@ -69,13 +68,6 @@ def build_world(endpoint: str, bucket, tmp_path, nursery, max_attempts: int = 5)
 @pytest.fixture
 async def world(s3_server, bucket, tmp_path, aws_env, nursery):
     return build_world(s3_server.endpoint, bucket, tmp_path, nursery)
-
-
-@pytest.fixture
-def proxy(s3_server):
-    p = FaultProxy(s3_server.endpoint)
-    yield p
-    p.stop()
 
 
 @pytest.fixture

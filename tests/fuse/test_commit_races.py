@@ -9,17 +9,9 @@ import threading
 import time
 
 import pytest
-from faultproxy import FaultProxy
 from helpers import Mount, bucket_objects
 
 STALL = 2.0  # the commit's PUT waits this long in the proxy
-
-
-@pytest.fixture
-def proxy(s3_server):
-    p = FaultProxy(s3_server.endpoint)
-    yield p
-    p.stop()
 
 
 @pytest.fixture

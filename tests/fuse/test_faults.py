@@ -12,18 +12,10 @@ import threading
 import time
 
 import pytest
-from faultproxy import FaultProxy
 from helpers import bucket_objects
 
 MIB = 1024 * 1024
 QUICK = ["--max-attempts", "3", "--read-timeout", "2", "--connect-timeout", "2"]
-
-
-@pytest.fixture
-def proxy(s3_server):
-    p = FaultProxy(s3_server.endpoint)
-    yield p
-    p.stop()
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import os
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from faultproxy import FaultProxy
 
 
 class SecondWriter:
@@ -47,13 +46,6 @@ class SecondWriter:
             self.refused += 1
             return 412, "PreconditionFailed"
         return None
-
-
-@pytest.fixture
-def proxy(s3_server):
-    p = FaultProxy(s3_server.endpoint)
-    yield p
-    p.stop()
 
 
 def change(path, how: str) -> None:

@@ -19,7 +19,6 @@ import subprocess
 import time
 
 import pytest
-from faultproxy import FaultProxy
 from helpers import Mount, bucket_objects, is_mounted
 
 MIB = 1024 * 1024
@@ -47,13 +46,6 @@ def close_quietly(fd: int) -> None:
         os.close(fd)
     except OSError:
         pass  # the daemon is gone
-
-
-@pytest.fixture
-def proxy(s3_server):
-    p = FaultProxy(s3_server.endpoint)
-    yield p
-    p.stop()
 
 
 @pytest.fixture
