@@ -13,7 +13,6 @@ from __future__ import annotations
 import concurrent.futures
 import errno
 import os
-import shutil
 import stat
 import time
 from pathlib import Path
@@ -26,13 +25,10 @@ from helpers import (
     REGION,
     SECRET_KEY,
     Mount,
-    S3rver,
     bucket_objects,
     is_mounted,
     one_line_error,
-    problems_but_no_conditions,
     run_cli,
-    s3rver_script,
 )
 
 MIB = 1024 * 1024
@@ -300,36 +296,30 @@ def test_many_keys_in_one_directory(mounted, s3_server, bucket):
 
 
 @pytest.mark.slow
-def test_sparse_file_beyond_5_gib(tmp_path):
-    server = S3rver(s3rver_script(), tmp_path / "s3rver")
-    mount = None
+def test_sparse_file_beyond_5_gib(seaweed, seaweed_bucket, make_mount):
+    # On SeaweedFS, a real object store (s3rver 3.7.1, used here before, died completing the
+    # 768-part upload with InternalError in this session's runs).
+    s3 = seaweed.client()
+    mount = make_mount(seaweed_bucket, endpoint=seaweed.endpoint)
+    keep_file(mount)
+    size = 6 * GIB
+    path = mount.path / "sparse.bin"
+    started = time.monotonic()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        s3 = server.client()
-        s3.create_bucket(Bucket="sparse")
-        passwd = tmp_path / "passwd"
-        passwd.write_text("S3RVER:S3RVER\n")
-        passwd.chmod(0o600)
-        mount = Mount(server.endpoint, "sparse", tmp_path / "mnt", tmp_path / "cache",
-                      ["--passwd-file", str(passwd)])
-        mount.start()
-        keep_file(mount)
-        size = 6 * GIB
-        path = mount.path / "sparse.bin"
-        started = time.monotonic()
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            os.ftruncate(fd, size)
-            assert os.pwrite(fd, b"<END>", size - 5) == 5
-            assert os.pwrite(fd, b"<START>", 0) == 7
-            assert os.fstat(fd).st_size == size
-        finally:
-            os.close(fd)  # commits: a multipart upload of 768 parts, mostly zeros
-        print(f"6 GiB sparse file committed in {time.monotonic() - started:.0f} s")
-        head = s3.head_object(Bucket="sparse", Key="sparse.bin")
+        os.ftruncate(fd, size)
+        assert os.pwrite(fd, b"<END>", size - 5) == 5
+        assert os.pwrite(fd, b"<START>", 0) == 7
+        assert os.fstat(fd).st_size == size
+    finally:
+        os.close(fd)  # commits: a multipart upload of 768 parts, mostly zeros
+    print(f"6 GiB sparse file committed in {time.monotonic() - started:.0f} s")
+    try:
+        head = s3.head_object(Bucket=seaweed_bucket, Key="sparse.bin")
         assert head["ContentLength"] == size
 
         def remote(start: int, end: int) -> bytes:
-            return s3.get_object(Bucket="sparse", Key="sparse.bin",
+            return s3.get_object(Bucket=seaweed_bucket, Key="sparse.bin",
                                  Range=f"bytes={start}-{end - 1}")["Body"].read()
 
         assert remote(0, 16) == b"<START>" + bytes(9)
@@ -340,14 +330,9 @@ def test_sparse_file_beyond_5_gib(tmp_path):
             assert f.read(16) == b"<START>" + bytes(9)
             f.seek(size - 16)
             assert f.read() == bytes(11) + b"<END>"
-        kept(mount, s3, "sparse")
-        problems = problems_but_no_conditions(mount)
-        assert not problems, problems
+        kept(mount, s3, seaweed_bucket)
     finally:
-        if mount is not None:
-            mount.stop()
-        server.stop()
-        shutil.rmtree(tmp_path / "s3rver", ignore_errors=True)  # 6 GiB of zeros
+        s3.delete_object(Bucket=seaweed_bucket, Key="sparse.bin")  # 6 GiB of zeros
 
 
 # -- bad option values -------------------------------------------------------------------------
