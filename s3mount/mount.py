@@ -39,6 +39,7 @@ from s3mount.markers import MarkerStore
 from s3mount.namespace import Namespace
 from s3mount.notify import Notifier
 from s3mount.recovery import Recovery
+from s3mount.requestargs import RequestArgs
 from s3mount.status import Monitor, human_bytes
 from s3mount.uploader import Uploader
 
@@ -71,7 +72,8 @@ def build_filesystem(config: MountConfig, store: Any, limiters: Limiters,
 
 def find_capabilities(config: MountConfig, client: Any) -> Capabilities:
     """Probe the endpoint once, say what was found, and warn of what is missing."""
-    found = probing.probe(client, config.bucket, config.prefix, config.read_only)
+    found = probing.probe(client, config.bucket, config.prefix, config.read_only,
+                          RequestArgs(config))
     log.info("endpoint capabilities: %s%s", found.summary(),
              " (a read-only mount writes no probes)" if config.read_only else "")
     if found.conditional_put is False and config.conditional_writes:

@@ -21,6 +21,7 @@ from typing import Any
 
 from s3mount.capabilities import Capabilities
 from s3mount.keys import RESERVED_NAME, deletion_order
+from s3mount.requestargs import RequestArgs
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,12 @@ NO_ETAG = '"00000000000000000000000000000000"'  # matches no object
 PROBE_MODE = "16877"  # drwxr-xr-x, as a marker's mode header
 
 
-def probe(client: Any, bucket: str, prefix: str, read_only: bool) -> Capabilities:
-    """What the endpoint of `bucket` supports, as seen from keys under `prefix`."""
+def probe(client: Any, bucket: str, prefix: str, read_only: bool,
+          args: RequestArgs | None = None) -> Capabilities:
+    """What the endpoint of `bucket` supports, as seen from keys under `prefix`; the probes
+    carry the mount's provider options (`args`), as its own requests do."""
     scratch = f"{prefix}{RESERVED_NAME}/probe-{secrets.token_hex(6)}/"
-    prober = Prober(client, bucket, scratch, f"{prefix}{RESERVED_NAME}/")
+    prober = Prober(client, bucket, scratch, f"{prefix}{RESERVED_NAME}/", args)
     list_v2 = prober.lists_v2()
     if read_only:
         return Capabilities(conditional_put=None, marker_metadata=None,
@@ -50,8 +53,10 @@ def probe(client: Any, bucket: str, prefix: str, read_only: bool) -> Capabilitie
 
 
 class Prober:
-    def __init__(self, client: Any, bucket: str, scratch: str, top: str) -> None:
+    def __init__(self, client: Any, bucket: str, scratch: str, top: str,
+                 args: RequestArgs | None = None) -> None:
         self.client = client
+        self.args = args
         self.bucket = bucket
         self.scratch = scratch
         self.top = top  # the folder of every probe's scratch keys, removed when empty
@@ -68,7 +73,11 @@ class Prober:
 
     def _put(self, name: str, **kwargs: Any) -> dict[str, Any]:
         key = self.scratch + name
-        result: dict[str, Any] = self.client.put_object(Bucket=self.bucket, Key=key, **kwargs)
+        extra = self.args.put(key, kwargs.get("Body", b""), False) if self.args else {}
+        if "ChecksumAlgorithm" in kwargs:  # the checksum probe sends its own
+            extra = {k: v for k, v in extra.items() if not k.startswith("Checksum")}
+        result: dict[str, Any] = self.client.put_object(Bucket=self.bucket, Key=key,
+                                                        **{**extra, **kwargs})
         self.made.add(key)
         return result
 
@@ -116,7 +125,8 @@ class Prober:
     def marker_metadata(self) -> bool:
         self._put("marker/", Body=b"", Metadata={"mode": PROBE_MODE},
                   ContentType="application/x-directory")
-        head = self.client.head_object(Bucket=self.bucket, Key=self.scratch + "marker/")
+        head = self.client.head_object(Bucket=self.bucket, Key=self.scratch + "marker/",
+                                       **self._read())
         return bool(head.get("Metadata", {}).get("mode") == PROBE_MODE)
 
     def copy_source_if_match(self) -> bool:
@@ -125,19 +135,23 @@ class Prober:
 
         def copy() -> None:
             self.made.add(target)
+            extra = self.args.copy(target, False) if self.args else {}
             self.client.copy_object(Bucket=self.bucket, Key=target, CopySource=source,
-                                    CopySourceIfMatch=NO_ETAG)
+                                    CopySourceIfMatch=NO_ETAG, **extra)
 
         return self._refused(copy) is True
 
     def upload_part_copy(self) -> bool:
         source = {"Bucket": self.bucket, "Key": self.source()}
         key = self.scratch + "multipart"
-        upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+        extra = self.args.create_multipart(key) if self.args else {}
+        upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key,
+                                                     **extra)["UploadId"]
         try:
             self.client.upload_part_copy(Bucket=self.bucket, Key=key, UploadId=upload,
                                          PartNumber=1, CopySource=source,
-                                         CopySourceRange="bytes=0-1")
+                                         CopySourceRange="bytes=0-1",
+                                         **(self.args.part_copy() if self.args else {}))
         except self.error as exc:
             log.info("UploadPartCopy refused: %s", exc)
             return False
@@ -156,8 +170,11 @@ class Prober:
             log.info("a PUT with x-amz-checksum-sha256 was refused: %s", exc)
             return False
         head = self.client.head_object(Bucket=self.bucket, Key=self.scratch + "checksum",
-                                       ChecksumMode="ENABLED")
+                                       ChecksumMode="ENABLED", **self._read())
         return bool(head.get("ChecksumSHA256"))
+
+    def _read(self) -> dict[str, Any]:
+        return self.args.read() if self.args else {}
 
     def clean_up(self) -> None:
         """Delete the scratch keys, and their folders where the server keeps folders; should
