@@ -199,7 +199,7 @@ class FaultProxy:
         """Inject `action` into the next `times` matching requests ("cut": the answer's
         connection is reset after `after` bytes of its body)."""
         with self.lock:
-            self.rules.append(Rule(action, times, method, query, stall, after))
+            self.rules.append(Rule(action, times, method, query, stall, after=after))
 
     def after(self, then: Callable[[], None], method: str | None = None,
               query: str | None = None, times: int = 1) -> None:
