@@ -415,8 +415,12 @@ class FileData:
                     await staged.upload.wait_idle()
                     await self.uploader.abort(staged.upload)
                 await self._disk(staged.close)
-        if inode.opens == 0 and inode.staged is None:
-            self._locks.pop(inode.ino, None)
+        lock = self._locks.get(inode.ino)
+        if inode.opens == 0 and inode.staged is None and lock is not None and not (
+                lock.locked() or lock.statistics().tasks_waiting):
+            # Only a lock nobody holds or waits for goes: a new one beside it would let two
+            # tasks (an unlink filling the staging file, a release closing it) in at once.
+            del self._locks[inode.ino]
         if not self.space.live:
             self.cache.reserve(0)  # nothing staged: clean blocks may use the whole budget
 
