@@ -85,6 +85,7 @@ class SeaweedFS:
         self.secret_key = secret_key
         self.requested_port = port
         self.port = 0
+        self.filer_port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.data_dir / "weed.log"
 
@@ -94,6 +95,7 @@ class SeaweedFS:
 
     def command(self) -> list[str]:
         master, volume, filer = free_ports(3)
+        self.filer_port = filer
         self.port = self.requested_port or free_ports(1)[0]
         config = self.data_dir / "s3.json"
         config.write_text(json.dumps(identities(self.access_key, self.secret_key)))
@@ -136,6 +138,21 @@ class SeaweedFS:
             time.sleep(0.2)
         raise RuntimeError(f"SeaweedFS's S3 gateway did not answer on port {self.port} within "
                            f"{timeout:.0f}s; see {self.log}:\n{tail(self.log)}")
+
+    def keep_empty_folders(self, bucket: str) -> None:
+        """Make `bucket` keep its empty folders, as a disk keeps empty directories.
+
+        By default SeaweedFS removes a folder emptied by deletes about two minutes later.  It
+        spares a folder that has a `dir/` marker, but its emptiness check and its delete are two
+        steps: a marker PUT between them is deleted with the folder, and the folder's next
+        entry brings it back without the marker.  The bucket's attribute turns the cleaner off
+        for the bucket (what `weed shell`'s s3.bucket.allowEmptyFolders -enable sets), through
+        the filer's tagging call."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.filer_port}/buckets/{bucket}/?tagging", method="PUT",
+            headers={"Seaweed-X-Amz-Allow-Empty-Folders": "true"})
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            reply.read()
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

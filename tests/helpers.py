@@ -90,15 +90,29 @@ class SeaweedServer:
         self.endpoint = self.server.endpoint
 
     def client(self, signature: str = "s3v4"):  # type: ignore[no-untyped-def]
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
-                            aws_secret_access_key=SECRET_KEY, region_name=REGION,
-                            config=Config(signature_version=signature,
-                                          s3={"addressing_style": "path"},
-                                          request_checksum_calculation="when_required",
-                                          response_checksum_validation="when_required"))
+        client = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
+                              aws_secret_access_key=SECRET_KEY, region_name=REGION,
+                              config=Config(signature_version=signature,
+                                            s3={"addressing_style": "path"},
+                                            request_checksum_calculation="when_required",
+                                            response_checksum_validation="when_required"))
+        # Every test bucket keeps its empty folders: SeaweedFS's cleaner otherwise races a
+        # `dir/` marker PUT (see SeaweedFS.keep_empty_folders), which lost a marker in
+        # test_model once in a few hundred examples.
+        client.meta.events.register("before-parameter-build.s3.CreateBucket", _note_bucket)
+        client.meta.events.register("after-call.s3.CreateBucket", self._created)
+        return client
+
+    def _created(self, http_response, context, **_) -> None:  # type: ignore[no-untyped-def]
+        if http_response.status_code == 200:
+            self.server.keep_empty_folders(context["bucket"])
 
     def stop(self) -> None:
         self.server.stop()
+
+
+def _note_bucket(params, context, **_) -> None:  # type: ignore[no-untyped-def]
+    context["bucket"] = params["Bucket"]
 
 
 def is_mounted(path: Path) -> bool:
