@@ -14,6 +14,7 @@ ignored when that request succeeds; anything else (400, 501) counts as not suppo
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import secrets
 from collections.abc import Callable
@@ -35,19 +36,25 @@ def probe(client: Any, bucket: str, prefix: str, read_only: bool,
     carry the mount's provider options (`args`), as its own requests do."""
     scratch = f"{prefix}{RESERVED_NAME}/probe-{secrets.token_hex(6)}/"
     prober = Prober(client, bucket, scratch, f"{prefix}{RESERVED_NAME}/", args)
-    list_v2 = prober.lists_v2()
     if read_only:
         return Capabilities(conditional_put=None, marker_metadata=None,
                             copy_source_if_match=None, upload_part_copy=None,
-                            list_v2=list_v2, checksums=None)
+                            list_v2=prober.lists_v2(), checksums=None)
+    # The checks touch keys of their own, so they run side by side: a mount starts after two
+    # rounds of requests instead of a dozen.  The copies read the object conditional_put
+    # writes (or `source` makes), so they go second.
     try:
-        return Capabilities(
-            conditional_put=prober.attempt(prober.conditional_put),
-            marker_metadata=prober.attempt(prober.marker_metadata),
-            copy_source_if_match=prober.attempt(prober.copy_source_if_match),
-            upload_part_copy=prober.attempt(prober.upload_part_copy),
-            list_v2=list_v2,
-            checksums=prober.attempt(prober.checksums))
+        with concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="probe") as pool:
+            first = {check.__name__: pool.submit(prober.attempt, check) for check in (
+                prober.conditional_put, prober.marker_metadata, prober.checksums)}
+            list_v2 = pool.submit(prober.lists_v2)
+            for done in concurrent.futures.as_completed(first.values()):
+                done.result()
+            prober.attempt(prober.source)
+            second = {check.__name__: pool.submit(prober.attempt, check) for check in (
+                prober.copy_source_if_match, prober.upload_part_copy)}
+            found = {name: future.result() for name, future in {**first, **second}.items()}
+        return Capabilities(list_v2=list_v2.result(), **found)
     finally:
         prober.clean_up()
 

@@ -264,9 +264,10 @@ def test_garbage_metadata_never_breaks_stat_or_reads(mounted, s3_client, bucket,
 
 # -- many keys ---------------------------------------------------------------------------------
 
-# The issue asks for 100,000; moto takes ~250 s to take 100,000 PUTs and ~180 s more to list
-# them (each page re-sorts every key), so the suite uses 20,000 (~50 s of PUTs, ~10 s to list).
-MANY = 20_000
+# The issue asked for 100,000; moto takes ~250 s to take 100,000 PUTs and ~180 s more to list
+# them (each page re-sorts every key).  20,000 took 260 s of a loaded CI machine, so the suite
+# uses 5,000: still five listing pages of 1,000, each listed twice, through the kernel's readdir.
+MANY = 5_000
 
 
 def test_many_keys_in_one_directory(mounted, s3_server, bucket):
@@ -285,8 +286,8 @@ def test_many_keys_in_one_directory(mounted, s3_server, bucket):
     for _ in range(2):  # a fresh listing, then one with every entry known
         assert sorted(os.listdir(mounted.path / "many")) == want
     with os.scandir(mounted.path / "many") as entries:
-        sizes = {e.name: e.stat().st_size for e in entries if e.name in ("f000000", "f019999")}
-    assert sizes == {"f000000": 0, "f019999": 0}
+        sizes = {e.name: e.stat().st_size for e in entries if e.name in ("f000000", "f004999")}
+    assert sizes == {"f000000": 0, "f004999": 0}
     assert (mounted.path / "many" / "zz-written-through-the-mount").read_bytes() == KEEP
     assert sorted(os.listdir(mounted.path)) == ["keep.txt", "many"]
     kept(mounted, client, bucket)

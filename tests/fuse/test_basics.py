@@ -179,15 +179,3 @@ def test_statfs(mounted):
     st = os.statvfs(mounted.path)
     assert st.f_namemax == 255 and st.f_bavail > 0
 
-
-def test_directory_of_many_entries(mounted, s3_client, bucket):
-    import concurrent.futures
-
-    def put(i: int) -> None:
-        s3_client.put_object(Bucket=bucket, Key=f"big/f{i:05d}", Body=b"")
-
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        list(pool.map(put, range(10_050)))
-    names = os.listdir(mounted.path / "big")
-    assert len(names) == 10_050
-    assert sorted(names) == [f"f{i:05d}" for i in range(10_050)]
