@@ -28,6 +28,7 @@ from s3mount.credentials import Keys, check_private, read_passwd_file, read_sse_
 from s3mount.errors import ConfigError
 from s3mount.logsetup import on_journal, setup_logging  # noqa: F401 - part of the CLI
 from s3mount.mounthelper import become_user, is_mount_helper, mount_helper_args
+from s3mount.mounttable import FSTYPE, mount_entries
 from s3mount.requestargs import (
     CHECKSUMS,
     SSE_MODES,
@@ -370,10 +371,8 @@ def clear_dead_mount(mountpoint: str, shown: str) -> None:
         if exc.errno != errno.ENOTCONN:
             return
     try:
-        with open("/proc/mounts", encoding="utf-8", errors="surrogateescape") as f:
-            ours = any(fields[1].replace("\\040", " ") == mountpoint
-                       and fields[2] == "fuse.s3mount"
-                       for fields in (line.split() for line in f) if len(fields) > 2)
+        ours = any(entry.mountpoint == mountpoint and entry.fstype == FSTYPE
+                   for entry in mount_entries())
     except OSError:
         ours = False
     if not ours:

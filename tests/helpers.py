@@ -19,6 +19,8 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from s3mount.mounttable import find_mount
+
 ACCESS_KEY = "testing-access"
 SECRET_KEY = "testing-secret"
 REGION = "us-east-1"
@@ -116,8 +118,7 @@ def _note_bucket(params, context, **_) -> None:  # type: ignore[no-untyped-def]
 
 
 def is_mounted(path: Path) -> bool:
-    with open("/proc/mounts") as f:
-        return any(line.split()[1] == str(path) for line in f)
+    return find_mount(str(path)) is not None
 
 
 # A log line of WARNING or worse, after the time stamp every line of the daemon's log starts with.
