@@ -41,7 +41,6 @@ from s3mount.store import (
     PosixAttrs,
     encode_attrs,
 )
-from s3mount.uploader import unwrap_group
 
 log = logging.getLogger(__name__)
 
@@ -417,8 +416,8 @@ class Filesystem:
             async with trio.open_nursery() as nursery:
                 for obj in objects:
                     nursery.start_soon(copy_one, obj.key, obj.size)
-        except BaseExceptionGroup as group:
-            raise unwrap_group(group) from None
+        except* errors.FsError as failed:
+            raise failed.exceptions[0] from None  # callers catch an FsError, not a group
         await self.store.delete_many(deletion_order(old_prefix, [obj.key for obj in objects]))
         self._rebase_staged(src, old_prefix, new_prefix, new_etags)
 
