@@ -18,7 +18,6 @@ from pathlib import Path
 import trio
 
 from s3mount.blockcache import BlockCache
-from s3mount.blocking import Background, Limiters, run_blocking
 from s3mount.budget import SpaceGuard
 from s3mount.errors import FsError, NoSpace, RemoteIO, Stale
 from s3mount.handles import FileHandle
@@ -30,6 +29,7 @@ from s3mount.reading import KeyGone, ObjectReader
 from s3mount.staging import StagedFile
 from s3mount.store import EXPECT_ABSENT, ObjectStore, PosixAttrs, encode_attrs, encode_xattrs
 from s3mount.uploader import Uploader, file_md5
+from s3mount.workers import Background, Limiters, run_blocking
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import cachetools
 import trio
 
-from s3mount.blocking import Background
 from s3mount.config import MountConfig
 from s3mount.errors import FsError, NotFound
 from s3mount.inodes import Inode, InodeTable
@@ -31,6 +30,7 @@ from s3mount.store import (
     decode_xattrs,
     object_kind,
 )
+from s3mount.workers import Background
 
 log = logging.getLogger(__name__)
 

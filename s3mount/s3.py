@@ -45,11 +45,11 @@ from botocore.exceptions import (
 
 from s3mount import errors
 from s3mount.bigcopy import multipart_copy
-from s3mount.blocking import run_blocking
 from s3mount.capabilities import Capabilities
 from s3mount.config import MountConfig
 from s3mount.requestargs import RequestArgs
 from s3mount.store import EXPECT_ABSENT, ListPage, ObjectInfo
+from s3mount.workers import run_blocking
 
 log = logging.getLogger(__name__)
 

@@ -801,11 +801,11 @@ def test_all_and_len(table):
 def test_malloc_returns_big_buffers_on_glibc():
     import platform
 
-    from s3mount import heap
+    from s3mount import malloc_tuning
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
-    assert heap.return_big_buffers()
+    assert malloc_tuning.return_big_buffers()
 
 
 @pytest.mark.parametrize("value", [
