@@ -346,12 +346,7 @@ class Filesystem:
     @asynccontextmanager
     async def _lock_tree(self, top: Inode) -> AsyncIterator[None]:
         """Hold the lock of every file known under `top` (in inode order: no deadlock)."""
-        files, stack = [], [top]
-        while stack:
-            node = stack.pop()
-            children = self.table.children(node.ino)
-            stack.extend(children)
-            files.extend(child for child in children if not child.is_dir)
+        files = [node for node in self.table.subtree(top) if node is not top and not node.is_dir]
         async with AsyncExitStack() as held:
             for node in sorted(files, key=lambda n: n.ino):
                 await held.enter_async_context(self.files.lock(node))
@@ -360,19 +355,13 @@ class Filesystem:
     async def _settle_tree(self, top: Inode) -> None:
         """Commit the files under `top` whose bytes are partly only in an unfinished upload:
         that upload belongs to the old key."""
-        stack = [top]
-        while stack:
-            node = stack.pop()
-            stack.extend(self.table.children(node.ino))
+        for node in self.table.subtree(top):
             if node.staged is not None and node.staged.sent:
                 await self.files.settle(node)
 
     async def _journal_tree(self, top: Inode) -> None:
         """After a rename, point the crash journals of staged files at their new keys."""
-        stack = [top]
-        while stack:
-            node = stack.pop()
-            stack.extend(self.table.children(node.ino))
+        for node in self.table.subtree(top):
             if node.staged is not None:
                 await self.files.journal(node)
 
@@ -424,16 +413,11 @@ class Filesystem:
     def _rebase_staged(self, src: Inode, old_prefix: str, new_prefix: str,
                        new_etags: dict[str, str]) -> None:
         """Point staged descendants at the copies of their base objects."""
-        stack = [src]
-        while stack:
-            node = stack.pop()
-            for child in self.table.children(node.ino):
-                stack.append(child)
-                if child.etag and not child.is_dir:
-                    rel = self.table.key(child)[len(old_prefix):]
-                    etag = new_etags.get(new_prefix + rel)
-                    if etag is not None:
-                        self._repin(child, etag)
+        for node in self.table.subtree(src):
+            if node is not src and node.etag and not node.is_dir:
+                etag = new_etags.get(new_prefix + self.table.key(node)[len(old_prefix):])
+                if etag is not None:
+                    self._repin(node, etag)
 
     def _repin(self, inode: Inode, etag: str) -> None:
         """A renamed file's object is a copy, with the same bytes but maybe a new ETag (always

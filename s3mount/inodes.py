@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,6 +110,17 @@ class InodeTable:
 
     def children(self, parent: int) -> list[Inode]:
         return [self._inodes[i] for i in self._children.get(parent, {}).values()]
+
+    def subtree(self, top: Inode) -> Iterator[Inode]:
+        """`top`, then every inode cached under it, depth first.
+
+        A node's children are read as the node is reached, before it is yielded: a caller that
+        awaits between nodes walks the tree as it is then, not a copy taken at the start."""
+        stack = [top]
+        while stack:
+            node = stack.pop()
+            stack.extend(self.children(node.ino))
+            yield node
 
     def add(self, parent: int, name: str, mode: int, uid: int, gid: int, **attrs: Any) -> Inode:
         """A new inode at `parent/name`, replacing (unlinking) whatever was there."""

@@ -680,6 +680,19 @@ def test_key_through_parent_chain(table):
     assert len({a.ino, b.ino, f.ino, top.ino, ROOT_INODE}) == 5
 
 
+def test_subtree_walks_top_then_everything_under_it(table):
+    a = add_dir(table, ROOT_INODE, "a")
+    b = add_dir(table, a.ino, "b")
+    f = add_file(table, b.ino, "f")
+    g = add_file(table, a.ino, "g")
+    add_file(table, ROOT_INODE, "outside")
+    walk = table.subtree(a)
+    assert next(walk) is a
+    late = add_file(table, b.ino, "late")  # added mid-walk, under a node not yet reached
+    assert {n.ino for n in walk} == {b.ino, f.ino, g.ino, late.ino}
+    assert list(table.subtree(f)) == [f]
+
+
 def test_move_rekeys_descendants(table):
     a = add_dir(table, ROOT_INODE, "a")
     b = add_dir(table, a.ino, "b")
