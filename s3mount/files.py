@@ -127,6 +127,16 @@ class FileData:
             await self._settle(inode)
         await self._fill_gaps(inode, staged, 0, staged.size)
 
+    async def keep_readable(self, inode: Inode, locked: bool = False) -> None:
+        """An open file losing its key (unlink, replaced by a rename) stays readable, as on a
+        disk: every byte of it comes local, from its object or its unfinished upload."""
+        staged = inode.staged
+        if inode.opens and (inode.etag is not None or staged is not None and staged.sent):
+            if locked:  # the caller holds the inode's lock
+                await self.materialize_locked(inode)
+            else:
+                await self.materialize(inode)
+
     async def write(self, inode: Inode, offset: int, data: bytes) -> int:
         async with self.lock(inode):
             staged = await self.stage(inode)
