@@ -3,13 +3,22 @@
 The kernel writes a space, tab, newline or backslash inside a field as a three-digit octal escape
 (`\\040`, `\\011`, `\\012`, `\\134`); `unescape` undoes any such escape, on bytes, so a mount point
 that is not valid UTF-8 still reads back as the `surrogateescape` string `os` functions give.
-Stdlib only; nothing here awaits.
+`clear_dead_mount` takes down the mount of an s3mount that died, so a restart can mount again.
+Nothing here awaits.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
 import re
+import subprocess
 from dataclasses import dataclass
+
+from s3mount.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 FSTYPE = "fuse.s3mount"
 PROC_MOUNTS = "/proc/mounts"
@@ -64,3 +73,33 @@ def find_mount(mountpoint: str, table: str = PROC_MOUNTS) -> MountEntry | None:
         if entry.mountpoint == mountpoint:
             found = entry
     return found
+
+
+def clear_dead_mount(mountpoint: str, shown: str) -> None:
+    """Take down the mount of an s3mount that died (SIGKILL, OOM), so a restart can mount again.
+
+    Such a mount answers every call with ENOTCONN; only an `fuse.s3mount` entry is touched.
+    """
+    try:
+        os.statvfs(mountpoint)  # statfs always reaches the daemon; stat may be cached
+        return
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            return
+    try:
+        ours = any(entry.mountpoint == mountpoint and entry.fstype == FSTYPE
+                   for entry in mount_entries())
+    except OSError:
+        ours = False
+    if not ours:
+        raise ConfigError(f"mount point {shown} is a FUSE mount whose program is gone: "
+                          f"run fusermount3 -u -z {shown}")
+    log.warning("%s: the s3mount that served it is gone; unmounting it (lazily)", shown)
+    for command in (["fusermount3", "-u", "-z", mountpoint], ["umount", "-l", mountpoint]):
+        try:
+            if subprocess.run(command, capture_output=True, timeout=30).returncode == 0:
+                return
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+    raise ConfigError(f"mount point {shown} is the dead mount of an earlier s3mount and "
+                      f"could not be unmounted: run fusermount3 -u -z {shown}")

@@ -16,7 +16,8 @@ from s3mount.blockcache import BlockCache, block_digest
 from s3mount.config import MountConfig
 from s3mount.errors import RemoteIO, Stale
 from s3mount.mount import build_filesystem
-from s3mount.s3 import S3Store, build_client
+from s3mount.s3 import S3Store
+from s3mount.s3client import build_client
 from s3mount.workers import Background, Limiters
 
 MIB = 1024 * 1024

@@ -832,7 +832,7 @@ def test_malloc_returns_big_buffers_on_glibc():
 def test_fast_timestamps_equal_botocores(value):
     import botocore.utils
 
-    from s3mount.s3 import parse_timestamp
+    from s3mount.s3client import parse_timestamp
 
     assert parse_timestamp(value).timestamp() == botocore.utils.parse_timestamp(value).timestamp()
     assert parse_timestamp(value).tzinfo is not None
