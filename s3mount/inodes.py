@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from s3mount.sweeps import Sweeps
+
 ROOT_INODE = 1
 
 
@@ -42,12 +44,7 @@ class Inode:
     staged: Any = None  # staging.StagedFile while the data is staged locally
     kernel_etag: str | None = None  # version whose pages the kernel may still cache
     xattrs: dict[str, bytes] = field(default_factory=dict)
-    listed_children: int = 0  # directories: entries in the last listing
-    stale_lookups: int = 0  # directories: lookups of expired entries since that listing
-    meta_lookups: int = 0  # directories: lookups in name order that needed a HEAD, in a row
-    meta_last: str = ""  # directories: the name the last of those looked up
-    new_lookups: int = 0  # directories: lookups in name order of names not cached, in a row
-    new_last: str = ""  # directories: the name the last of those looked up
+    sweeps: Sweeps | None = None  # directories: the lookup patterns seen in it (sweeps.py)
     complete_at: float | None = None  # directories: when a listing or mkdir showed every child
     # directories: (after, last, when) of the last page listed alone: every name after `after`
     # up to `last` (None: unbounded) that is not a child was absent then
