@@ -27,8 +27,8 @@ from typing import Any
 
 import trio
 
-from s3mount.blocking import run_blocking
 from s3mount.store import ListPage, ObjectInfo, ObjectStore
+from s3mount.workers import run_blocking
 
 log = logging.getLogger(__name__)
 

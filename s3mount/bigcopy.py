@@ -14,7 +14,7 @@ import logging
 
 import trio
 
-from s3mount.errors import NotFound, Stale, unwrap_group
+from s3mount.errors import FsError, NotFound, Stale
 from s3mount.parts import MIB, plan_parts
 from s3mount.store import ObjectStore
 
@@ -54,8 +54,8 @@ async def multipart_copy(store: ObjectStore, src: str, dst: str, size: int,
             async with trio.open_nursery() as nursery:
                 for number, offset, length in plan_parts(size, COPY_PART):
                     nursery.start_soon(one, number, offset, length)
-        except BaseExceptionGroup as group:
-            raise unwrap_group(group) from None
+        except* FsError as failed:
+            raise failed.exceptions[0] from None  # callers catch an FsError, not a group
         # Onto itself: complete only over the version the parts came from.
         etag = await store.complete_multipart(dst, upload_id, done,
                                               expect if dst == src else None)

@@ -27,8 +27,8 @@ from pathlib import Path
 import cachetools
 import trio
 
-from s3mount.blocking import run_blocking
 from s3mount.errors import FsError, Stale
+from s3mount.workers import run_blocking
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from s3mount.blockcache import BlockCache
-from s3mount.blocking import Limiters, run_blocking
 from s3mount.errors import NoSpace
 from s3mount.staging import StagedFile
+from s3mount.workers import Limiters, run_blocking
 
 MIB = 1024 * 1024
 SPACE_CHECK_EVERY = 32 * MIB  # bytes written between looks at the disk, at most

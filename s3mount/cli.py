@@ -4,30 +4,30 @@ Options come as flags, as `-o key[=value],...` (so fstab and `mount.fuse3` can p
 `key = value` lines of a `--config` file (systemd units; it may also name the bucket, the mount
 point and keys, which stay off the command line).  The command line wins over the file.  Run as
 `mount.fuse.s3mount` (a symlink mount(8) finds), it takes mount(8)'s helper arguments.
-Every start-up problem is one line on stderr and a non-zero exit, never a traceback.  Without
-`-f` the command forks and returns only once the mount answers, or with the child's error; with
-`-f` under systemd it says READY=1 once the mount answers (see `notify`).
+Every start-up problem is one line on stderr and a non-zero exit, never a traceback.  Once the
+options make a `MountConfig`, `launch.start` mounts: forked and returning only once the mount
+answers, or with `-f` in the foreground (under systemd saying READY=1 once it answers).
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import math
 import os
 import re
-import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from s3mount import __version__, notify
+from s3mount import __version__
 from s3mount.config import MountConfig
 from s3mount.credentials import Keys, check_private, read_passwd_file, read_sse_c_key
 from s3mount.errors import ConfigError
+from s3mount.launch import start
 from s3mount.logsetup import on_journal, setup_logging  # noqa: F401 - part of the CLI
 from s3mount.mounthelper import become_user, is_mount_helper, mount_helper_args
+from s3mount.mounttable import clear_dead_mount
 from s3mount.requestargs import (
     CHECKSUMS,
     SSE_MODES,
@@ -358,38 +358,6 @@ def resolve_keys(args: argparse.Namespace, file: FileConfig | None, bucket: str)
     return file_keys
 
 
-def clear_dead_mount(mountpoint: str, shown: str) -> None:
-    """Take down the mount of an s3mount that died (SIGKILL, OOM), so a restart can mount again.
-
-    Such a mount answers every call with ENOTCONN; only an `fuse.s3mount` entry is touched.
-    """
-    try:
-        os.statvfs(mountpoint)  # statfs always reaches the daemon; stat may be cached
-        return
-    except OSError as exc:
-        if exc.errno != errno.ENOTCONN:
-            return
-    try:
-        with open("/proc/mounts", encoding="utf-8", errors="surrogateescape") as f:
-            ours = any(fields[1].replace("\\040", " ") == mountpoint
-                       and fields[2] == "fuse.s3mount"
-                       for fields in (line.split() for line in f) if len(fields) > 2)
-    except OSError:
-        ours = False
-    if not ours:
-        raise ConfigError(f"mount point {shown} is a FUSE mount whose program is gone: "
-                          f"run fusermount3 -u -z {shown}")
-    log.warning("%s: the s3mount that served it is gone; unmounting it (lazily)", shown)
-    for command in (["fusermount3", "-u", "-z", mountpoint], ["umount", "-l", mountpoint]):
-        try:
-            if subprocess.run(command, capture_output=True, timeout=30).returncode == 0:
-                return
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-    raise ConfigError(f"mount point {shown} is the dead mount of an earlier s3mount and "
-                      f"could not be unmounted: run fusermount3 -u -z {shown}")
-
-
 def make_config(argv: list[str]) -> MountConfig:
     parser = build_parser()
     path = config_path(argv)
@@ -452,60 +420,6 @@ def make_config(argv: list[str]) -> MountConfig:
         content_type=args.content_type, proxy=args.proxy, checksum=args.checksum, **extra)
     check_options(config)
     return config
-
-
-def start(config: MountConfig) -> int:
-    from s3mount import mount, s3  # deferred: `--help` and usage errors stay fast
-
-    client = s3.build_client(config)
-    s3.check_bucket(client, config)
-    if config.foreground:
-        return mount.run(config, client)
-    return daemonize(config, mount, s3)
-
-
-def daemonize(config: MountConfig, mount: Any, s3: Any) -> int:
-    """Fork; the parent returns 0 once the child's mount answers, or 1 with its error."""
-    notify.forget()  # the daemon is no service's main process: it must not speak for one
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid:
-        os.close(write_fd)
-        with os.fdopen(read_fd) as pipe:
-            message = pipe.read()
-        if message.startswith("ok"):
-            return 0
-        print(f"s3mount: {message.strip() or 'the mount process died while starting'}",
-              file=sys.stderr)
-        return 1
-    os.close(read_fd)
-    os.setsid()
-    pipe = os.fdopen(write_fd, "w")
-
-    def ready() -> None:
-        pipe.write("ok\n")
-        pipe.close()
-        devnull = os.open(os.devnull, os.O_RDWR)
-        os.dup2(devnull, 0)
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-
-    logfile = open(config.cache_path() / "s3mount.log", "a", buffering=1,  # noqa: SIM115
-                   opener=lambda path, flags: os.open(path, flags, 0o600))
-    setup_logging(config.log_level, logfile)
-    try:
-        status = mount.run(config, s3.build_client(config), on_ready=ready)
-    except ConfigError as exc:
-        pipe.write(f"{exc}\n")
-        pipe.close()
-        os._exit(exc.status)
-    except BaseException as exc:  # noqa: BLE001 - report, never a traceback on the terminal
-        logging.getLogger("s3mount").exception("mount failed")
-        if not pipe.closed:
-            pipe.write(f"mount failed: {exc}\n")
-            pipe.close()
-        os._exit(1)
-    os._exit(status)
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:

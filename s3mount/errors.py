@@ -141,7 +141,10 @@ class ConfigError(Exception):
 
 
 def unwrap_group(exc: BaseException) -> BaseException:
-    """The single domain error inside a trio exception group, if that is all it holds."""
+    """The single domain error inside a trio exception group, if that is all it holds.
+
+    For the error boundary, which must answer whatever shape reaches it; a module that opens a
+    nursery hands its callers an `FsError` itself, with `except* FsError`."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     if isinstance(exc, BaseExceptionGroup):

@@ -18,7 +18,6 @@ from pathlib import Path
 import trio
 
 from s3mount.blockcache import BlockCache
-from s3mount.blocking import Background, Limiters, run_blocking
 from s3mount.budget import SpaceGuard
 from s3mount.errors import FsError, NoSpace, RemoteIO, Stale
 from s3mount.handles import FileHandle
@@ -30,6 +29,7 @@ from s3mount.reading import KeyGone, ObjectReader
 from s3mount.staging import StagedFile
 from s3mount.store import EXPECT_ABSENT, ObjectStore, PosixAttrs, encode_attrs, encode_xattrs
 from s3mount.uploader import Uploader, file_md5
+from s3mount.workers import Background, Limiters, run_blocking
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,16 @@ class FileData:
         if staged.sent:
             await self._settle(inode)
         await self._fill_gaps(inode, staged, 0, staged.size)
+
+    async def keep_readable(self, inode: Inode, locked: bool = False) -> None:
+        """An open file losing its key (unlink, replaced by a rename) stays readable, as on a
+        disk: every byte of it comes local, from its object or its unfinished upload."""
+        staged = inode.staged
+        if inode.opens and (inode.etag is not None or staged is not None and staged.sent):
+            if locked:  # the caller holds the inode's lock
+                await self.materialize_locked(inode)
+            else:
+                await self.materialize(inode)
 
     async def write(self, inode: Inode, offset: int, data: bytes) -> int:
         async with self.lock(inode):

@@ -13,10 +13,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
-
-import trio
+from contextlib import nullcontext
 
 from s3mount import errors
 from s3mount.attrs import Metadata
@@ -28,20 +25,17 @@ from s3mount.keys import (
     check_key_length,
     check_not_reserved,
     decode_name,
-    deletion_order,
-    dir_prefix,
     join,
 )
 from s3mount.namespace import Namespace
+from s3mount.renaming import Renamer
 from s3mount.store import (
     DIRECTORY_CONTENT_TYPE,
-    EXPECT_ABSENT,
     SPECIAL_KINDS,
     ObjectStore,
     PosixAttrs,
     encode_attrs,
 )
-from s3mount.uploader import unwrap_group
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +51,7 @@ class Filesystem:
         self.ns = namespace
         self.files = files
         self.handles = handles
+        self.renames = Renamer(config, store, table, files, handles)
         self.meta = Metadata(store, table, namespace, files)
 
     # -- helpers -------------------------------------------------------------------------------
@@ -158,10 +153,10 @@ class Filesystem:
         # Under the file's lock: a commit in flight lands first, and the DELETE after it (else
         # the PUT could land after the DELETE, and the deleted file come back); a commit
         # waiting behind this finds the file unlinked.  Out of the namespace, with no await
-        # after `_keep_readable` looked at its opens, before the DELETE is awaited: an open(2)
+        # after `keep_readable` looked at its opens, before the DELETE is awaited: an open(2)
         # racing this unlink either made it keep the file readable or fails with ENOENT.
         async with self.files.lock(inode):
-            await self._keep_readable(inode, locked=True)
+            await self.files.keep_readable(inode, locked=True)
             key = self.table.key(inode)
             self.table.detach(inode)
             if inode.etag is not None:
@@ -320,131 +315,19 @@ class Filesystem:
             if dst.is_dir and not await self.ns.is_empty(dst):
                 raise errors.NotEmpty(new_name)
         new_key = join(self.table.key(dst_dir), new_name)
-        await self._settle_tree(src)
+        await self.renames.settle_tree(src)
         # The files under a directory hold still while it moves: a commit in flight lands
         # before the LIST, so it is copied; one waiting starts after the move, under the new key.
-        async with self._lock_tree(src) if src.is_dir else nullcontext():
+        async with self.renames.lock_tree(src) if src.is_dir else nullcontext():
             if src.is_dir:
-                await self._rename_tree(src, new_key)
+                await self.renames.rename_tree(src, new_key)
             else:
-                await self._rename_file(src, dst, new_key)
+                await self.renames.rename_file(src, dst, new_key)
             if dst is not None and dst.is_dir and dst.has_marker and not src.has_marker:
                 await self.store.delete(new_key + "/")
             self.table.move(src, dst_dir.ino, new_name)
         self.ns.forget_negative(dst_dir, new_name)
-        await self._journal_tree(src)
-
-    async def _keep_readable(self, inode: Inode, locked: bool = False) -> None:
-        """An open file losing its key (unlink, replaced by a rename) stays readable, as on a
-        disk: every byte of it comes local, from its object or its unfinished upload."""
-        staged = inode.staged
-        if inode.opens and (inode.etag is not None or staged is not None and staged.sent):
-            if locked:  # the caller holds the inode's lock
-                await self.files.materialize_locked(inode)
-            else:
-                await self.files.materialize(inode)
-
-    @asynccontextmanager
-    async def _lock_tree(self, top: Inode) -> AsyncIterator[None]:
-        """Hold the lock of every file known under `top` (in inode order: no deadlock)."""
-        files, stack = [], [top]
-        while stack:
-            node = stack.pop()
-            children = self.table.children(node.ino)
-            stack.extend(children)
-            files.extend(child for child in children if not child.is_dir)
-        async with AsyncExitStack() as held:
-            for node in sorted(files, key=lambda n: n.ino):
-                await held.enter_async_context(self.files.lock(node))
-            yield
-
-    async def _settle_tree(self, top: Inode) -> None:
-        """Commit the files under `top` whose bytes are partly only in an unfinished upload:
-        that upload belongs to the old key."""
-        stack = [top]
-        while stack:
-            node = stack.pop()
-            stack.extend(self.table.children(node.ino))
-            if node.staged is not None and node.staged.sent:
-                await self.files.settle(node)
-
-    async def _journal_tree(self, top: Inode) -> None:
-        """After a rename, point the crash journals of staged files at their new keys."""
-        stack = [top]
-        while stack:
-            node = stack.pop()
-            stack.extend(self.table.children(node.ino))
-            if node.staged is not None:
-                await self.files.journal(node)
-
-    async def _rename_file(self, src: Inode, dst: Inode | None, new_key: str) -> None:
-        if dst is not None:
-            await self._keep_readable(dst)
-        async with self.files.lock(src):
-            if src.etag is None:  # not in the bucket yet: the commit will write the new key,
-                if src.staged is not None:  # over what is there now
-                    src.staged.expect = dst.etag if dst is not None and dst.etag else EXPECT_ABSENT
-                return
-            old_key = self.table.key(src)
-            etag = await self.store.copy(old_key, new_key, src.size, None)
-            await self.store.delete(old_key)
-            self._repin(src, etag)
-
-    async def _rename_tree(self, src: Inode, new_key: str) -> None:
-        """Copy every key under the directory, then delete the old ones: the source is never
-        lost before the copy is complete (S3 has no atomic rename)."""
-        old_prefix = dir_prefix(self.table.key(src))
-        new_prefix = dir_prefix(new_key)
-        objects = []
-        token = None
-        while True:
-            page = await self.store.list_page(old_prefix, None, token)
-            objects.extend(page.objects)
-            token = page.next_token
-            if token is None:
-                break
-        for obj in objects:  # refuse before copying anything, not halfway through
-            check_key_length(new_prefix + obj.key[len(old_prefix):], self.config.prefix)
-        new_etags: dict[str, str] = {}
-        slots = trio.Semaphore(self.config.max_concurrency)
-
-        async def copy_one(key: str, size: int) -> None:
-            async with slots:
-                dest = new_prefix + key[len(old_prefix):]
-                new_etags[dest] = await self.store.copy(key, dest, size, None)
-
-        try:
-            async with trio.open_nursery() as nursery:
-                for obj in objects:
-                    nursery.start_soon(copy_one, obj.key, obj.size)
-        except BaseExceptionGroup as group:
-            raise unwrap_group(group) from None
-        await self.store.delete_many(deletion_order(old_prefix, [obj.key for obj in objects]))
-        self._rebase_staged(src, old_prefix, new_prefix, new_etags)
-
-    def _rebase_staged(self, src: Inode, old_prefix: str, new_prefix: str,
-                       new_etags: dict[str, str]) -> None:
-        """Point staged descendants at the copies of their base objects."""
-        stack = [src]
-        while stack:
-            node = stack.pop()
-            for child in self.table.children(node.ino):
-                stack.append(child)
-                if child.etag and not child.is_dir:
-                    rel = self.table.key(child)[len(old_prefix):]
-                    etag = new_etags.get(new_prefix + rel)
-                    if etag is not None:
-                        self._repin(child, etag)
-
-    def _repin(self, inode: Inode, etag: str) -> None:
-        """A renamed file's object is a copy, with the same bytes but maybe a new ETag (always
-        for multipart objects): its open handles and staged base now read that copy."""
-        for handle in self.handles.files_of(inode.ino):
-            if handle.etag == inode.etag:
-                handle.etag = etag
-        inode.etag = etag
-        if inode.staged is not None:
-            inode.staged.base_etag = inode.staged.expect = etag
+        await self.renames.journal_tree(src)
 
     # -- files ---------------------------------------------------------------------------------
 

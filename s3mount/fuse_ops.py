@@ -17,10 +17,9 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from s3mount.errors import FsError
+from s3mount.errors import FsError, unwrap_group
 from s3mount.fs import Filesystem
 from s3mount.inodes import Inode
-from s3mount.uploader import unwrap_group
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from s3mount.sweeps import Sweeps
 
 ROOT_INODE = 1
 
@@ -41,12 +44,7 @@ class Inode:
     staged: Any = None  # staging.StagedFile while the data is staged locally
     kernel_etag: str | None = None  # version whose pages the kernel may still cache
     xattrs: dict[str, bytes] = field(default_factory=dict)
-    listed_children: int = 0  # directories: entries in the last listing
-    stale_lookups: int = 0  # directories: lookups of expired entries since that listing
-    meta_lookups: int = 0  # directories: lookups in name order that needed a HEAD, in a row
-    meta_last: str = ""  # directories: the name the last of those looked up
-    new_lookups: int = 0  # directories: lookups in name order of names not cached, in a row
-    new_last: str = ""  # directories: the name the last of those looked up
+    sweeps: Sweeps | None = None  # directories: the lookup patterns seen in it (sweeps.py)
     complete_at: float | None = None  # directories: when a listing or mkdir showed every child
     # directories: (after, last, when) of the last page listed alone: every name after `after`
     # up to `last` (None: unbounded) that is not a child was absent then
@@ -109,6 +107,17 @@ class InodeTable:
 
     def children(self, parent: int) -> list[Inode]:
         return [self._inodes[i] for i in self._children.get(parent, {}).values()]
+
+    def subtree(self, top: Inode) -> Iterator[Inode]:
+        """`top`, then every inode cached under it, depth first.
+
+        A node's children are read as the node is reached, before it is yielded: a caller that
+        awaits between nodes walks the tree as it is then, not a copy taken at the start."""
+        stack = [top]
+        while stack:
+            node = stack.pop()
+            stack.extend(self.children(node.ino))
+            yield node
 
     def add(self, parent: int, name: str, mode: int, uid: int, gid: int, **attrs: Any) -> Inode:
         """A new inode at `parent/name`, replacing (unlinking) whatever was there."""

@@ -42,7 +42,8 @@ from s3mount import errors
 from s3mount.capabilities import Capabilities
 from s3mount.config import MountConfig
 from s3mount.requestargs import RequestArgs
-from s3mount.s3 import S3Store, build_session, parse_timestamp
+from s3mount.s3 import S3Store
+from s3mount.s3client import build_session, parse_timestamp
 from s3mount.store import ListPage, ObjectInfo
 
 # MountConfig fields that do not change what a request carries, or that this path implements.

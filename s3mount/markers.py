@@ -73,8 +73,8 @@ class MarkerStore:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(marker)
                 nursery.start_soon(self.store.put, attribute_key(key), b"", metadata)
-        except BaseExceptionGroup as group:
-            raise _first_fs_error(group) from None
+        except* errors.FsError as failed:
+            raise failed.exceptions[0] from None  # callers catch an FsError, not a group
         return etag
 
     async def copy(self, src: str, dst: str, size: int, metadata: dict[str, str] | None,
@@ -101,10 +101,3 @@ def _as_marker(key: str, found: ObjectInfo) -> ObjectInfo:
     return ObjectInfo(key, 0, found.etag, found.mtime, found.metadata)
 
 
-def _first_fs_error(group: BaseExceptionGroup) -> BaseException:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_fs_error(exc)
-        if isinstance(exc, errors.FsError):
-            return exc
-    return group

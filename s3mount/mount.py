@@ -21,10 +21,9 @@ from typing import Any
 import pyfuse3
 import trio
 
-from s3mount import heap, probing, status
+from s3mount import malloc_tuning, probing, status
 from s3mount.attrcache import RememberingStore
 from s3mount.blockcache import BlockCache
-from s3mount.blocking import Background, Limiters, run_blocking
 from s3mount.capabilities import Capabilities
 from s3mount.config import MountConfig
 from s3mount.errors import ConfigError
@@ -42,6 +41,7 @@ from s3mount.recovery import Recovery
 from s3mount.requestargs import RequestArgs
 from s3mount.status import Monitor, human_bytes
 from s3mount.uploader import Uploader
+from s3mount.workers import Background, Limiters, run_blocking
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def recover(config: MountConfig, fs: Filesystem) -> None:
 
 
 def run(config: MountConfig, client: Any, on_ready: Callable[[], None] | None = None) -> int:
-    heap.return_big_buffers()  # before any worker thread makes an arena
+    malloc_tuning.return_big_buffers()  # before any worker thread makes an arena
     limiters = Limiters(config.max_concurrency, reads=config.max_read_concurrency)
     capabilities = find_capabilities(config, client)
     store = RememberingStore(make_store(client, config, limiters, capabilities),

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import cachetools
 import trio
 
-from s3mount.blocking import Background
 from s3mount.config import MountConfig
 from s3mount.errors import FsError, NotFound
 from s3mount.inodes import Inode, InodeTable
@@ -31,11 +30,11 @@ from s3mount.store import (
     decode_xattrs,
     object_kind,
 )
+from s3mount.sweeps import Sweeps
+from s3mount.workers import Background
 
 log = logging.getLogger(__name__)
 
-BATCH = 100  # a directory this big is refreshed a page at a time rather than entry by entry,
-SWEEP = 2  # once more than this many of its entries were looked up stale since its last listing
 PAGE = 1000  # entries one LIST returns
 AHEAD = 32  # entries whose metadata is read ahead while a directory's entries are looked up
 
@@ -68,6 +67,13 @@ class Namespace:
 
     def key(self, inode: Inode) -> str:
         return self.table.key(inode)
+
+    @staticmethod
+    def sweeps(directory: Inode) -> Sweeps:
+        """The directory's lookup patterns, started on first use."""
+        if directory.sweeps is None:
+            directory.sweeps = Sweeps()
+        return directory.sweeps
 
     # -- attributes ----------------------------------------------------------------------------
 
@@ -153,9 +159,7 @@ class Namespace:
                     raise NotFound(name)
             # New names looked up one after another in a directory (stat of many files): after
             # a couple of probes, one LIST from this name on answers it and the names after it.
-            parent.new_lookups = parent.new_lookups + 1 if name > parent.new_last else 1
-            parent.new_last = name
-            if child is None and parent.new_lookups > SWEEP:
+            if self.sweeps(parent).new_name(name) and child is None:
                 await self.relist_from(parent, name)
                 child = self.table.child(parent.ino, name)
                 if child is None and self._known_absent(parent, name):
@@ -163,9 +167,8 @@ class Namespace:
             if child is not None and child.fresh(ttl) and child.meta_known:
                 return child  # a listing just now said all there is to know
         if (child is not None and child.meta_known and not child.fresh(ttl)
-                and parent.listed_children >= BATCH):
-            parent.stale_lookups += 1
-            if parent.stale_lookups > SWEEP:
+                and self.sweeps(parent).big):
+            if self.sweeps(parent).stale_entry():
                 # A big directory whose entries are being looked at one by one (ls -l that
                 # outlived the TTL): one LIST from this entry on refreshes it and the next
                 # thousand, where a HEAD would refresh only it.
@@ -204,9 +207,7 @@ class Namespace:
                 return now
             child = now
         # Entries looked up in listing order (ls -l, find, du) make a sweep; others do not.
-        parent.meta_lookups = parent.meta_lookups + 1 if child.name > parent.meta_last else 1
-        parent.meta_last = child.name
-        if parent.meta_lookups > SWEEP:
+        if self.sweeps(parent).needs_metadata(child.name):
             for ahead in self._files_after(parent, child.name, AHEAD):
                 done = self._completing[ahead.ino] = trio.Event()
                 if not self.background.start(self._refresh_ahead, parent, ahead, done):
@@ -242,7 +243,7 @@ class Namespace:
             child = self.table.child(parent.ino, other)
             # An entry whose attributes are known but old is left to the LIST page that
             # refreshes a big directory (`relist_from`); a HEAD would refresh it alone.
-            stale = not child.fresh(self.freshness) and parent.listed_children < BATCH \
+            stale = not child.fresh(self.freshness) and not self.sweeps(parent).big \
                 if child is not None else False
             if (child is not None and not child.is_dir and child.staged is None
                     and not child.local_only and child.ino not in self._completing
@@ -427,8 +428,7 @@ class Namespace:
                 if self._negative is not None:
                     self._negative[(directory.ino, child.name)] = True
         if span is None:
-            directory.listed_children = len(entries)
-            directory.stale_lookups = directory.meta_lookups = 0
+            self.sweeps(directory).listed_all(len(entries))
         return sorted(entries.items())
 
     async def is_empty(self, directory: Inode) -> bool:

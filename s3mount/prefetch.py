@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 import trio
 
 from s3mount.blockcache import BlockCache
-from s3mount.blocking import Background
 from s3mount.errors import FsError
+from s3mount.workers import Background
 
 log = logging.getLogger(__name__)
 

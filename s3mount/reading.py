@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from s3mount.blockcache import BlockCache
-from s3mount.blocking import Background
 from s3mount.errors import NotFound, Stale
 from s3mount.handles import FileHandle
 from s3mount.prefetch import Prefetcher, ReadPattern
 from s3mount.store import ObjectStore
+from s3mount.workers import Background
 
 log = logging.getLogger(__name__)
 

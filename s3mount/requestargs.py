@@ -16,7 +16,7 @@ that decides which request carries what.
   `x-amz-checksum-*` headers of PUT and UploadPart (never as trailers, which many services
   reject); a multipart upload is created with the algorithm, and its completion lists each
   part's checksum.
-- Requester pays is a header on every request, added by `s3.build_client` from
+- Requester pays is a header on every request, added by `s3client.build_client` from
   `every_request_headers`, so even requests whose model lacks it (HEAD of the bucket) carry it.
 `headers_for_read` gives the same as raw HTTP headers, for requests sent without boto3.
 The checks of the options' values (argparse types, `check_options`) live here too.

@@ -1,37 +1,23 @@
-"""`ObjectStore` over boto3: the only module that imports boto3 or botocore.
+"""`ObjectStore` over boto3: every request of a running mount, on the client `s3client.py` builds.
 
-One client, built once on the main thread and shared by the worker threads (boto3 clients are
-thread-safe; resources are not).  Every call runs through `run_blocking`: GETs of object bytes on
-the `reads` limiter, everything else on the `s3` one; botocore's connection pool holds both.
-Retries and timeouts are botocore's own, bounded by the config; after them a call fails with an
-`FsError` from the one table below (`map_client_error`).
+Every call runs through `run_blocking`: GETs of object bytes on the `reads` limiter, everything
+else on the `s3` one; botocore's connection pool holds both.  Retries and timeouts are botocore's
+own, bounded by the config; after them a call fails with an `FsError` from the one table below
+(`map_client_error`).
 Keys given to and returned by this class are relative to the mount's prefix.  `RequestStats`
 counts every call, its bytes and its failures for `s3mount status` and the stop progress; its
 counters change only on the trio thread, between awaits.
-Credentials are boto3's chain unless the config carries `Keys` (passwd file); they are handed to
-boto3 and never logged (botocore's own loggers, which print signed headers at DEBUG, stay at
-WARNING).
+Credentials are never logged (botocore's own loggers, which print signed headers at DEBUG, stay
+at WARNING).
 """
-
 from __future__ import annotations
 
-import datetime
-import email.utils
-import functools
 import logging
 import time
-import urllib.parse
-import warnings
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import boto3
-import botocore.handlers
-import botocore.loaders
-import botocore.session
-import botocore.utils
-from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -41,21 +27,18 @@ from botocore.exceptions import (
     IncompleteReadError,
     NoCredentialsError,
     PartialCredentialsError,
-    ProfileNotFound,
-    SSLError,
 )
 
 from s3mount import errors
 from s3mount.bigcopy import multipart_copy
-from s3mount.blocking import run_blocking
 from s3mount.capabilities import Capabilities
 from s3mount.config import MountConfig
 from s3mount.requestargs import RequestArgs
 from s3mount.store import EXPECT_ABSENT, ListPage, ObjectInfo
+from s3mount.workers import run_blocking
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_VERSIONS = {"v4": "s3v4", "v2": "s3"}
 MAX_COPY_OBJECT = 5 * 1024**3  # CopyObject's limit; larger copies go multipart
 UPLOAD_KINDS = frozenset({"PUT", "PART", "PART-COPY", "COMPLETE-MPU"})
 BODY_PIECE = 1024 * 1024  # a GET's body is read in pieces, so a break loses at most one
@@ -100,112 +83,6 @@ def map_client_error(exc: Exception, what: str) -> errors.FsError:
     if isinstance(exc, BotoCoreError):
         return errors.RemoteIO(f"{what}: {exc}")
     raise exc
-
-
-def credential_source(config: MountConfig) -> str:
-    """Where the keys come from, in words for error messages (never the keys themselves)."""
-    if config.keys is not None:
-        return config.keys.source or "the configuration"
-    if config.profile:
-        return f"profile {config.profile!r}"
-    return "boto3's default chain (environment, ~/.aws/credentials, ~/.aws/config)"
-
-
-def build_session(config: MountConfig) -> Any:
-    """The boto3 session of a mount: its credentials are the keys given, else boto3's chain."""
-    keys: dict[str, str] = {}
-    if config.keys is not None:
-        keys = {"aws_access_key_id": config.keys.access_key,
-                "aws_secret_access_key": config.keys.secret_key}
-    core = botocore.session.get_session()
-    core.register_component("data_loader", shared_loader())
-    core.get_component("response_parser_factory").set_parser_defaults(
-        timestamp_parser=parse_timestamp)
-    try:
-        return boto3.session.Session(botocore_session=core, profile_name=config.profile, **keys)
-    except ProfileNotFound as exc:
-        raise errors.ConfigError(f"profile not found: {exc}") from None
-
-
-@functools.cache
-def shared_loader() -> Any:
-    """botocore's loader of service models, one per process.  It caches the parsed S3 model;
-    a fresh session's loader parses it again (0.5 s of CPU), and start-up builds two clients:
-    the one that checks the bucket and, in the forked daemon, the mount's."""
-    return botocore.loaders.create_loader()
-
-
-def build_client(config: MountConfig) -> Any:
-    """The boto3 client for a mount: keys, TLS, addressing, signature, bounded retries and
-    timeouts."""
-    session = build_session(config)
-    verify: bool | str = config.verify_ssl
-    if config.ca_bundle:
-        verify = config.ca_bundle
-    elif not config.verify_ssl:
-        # Chosen explicitly (--no-verify-ssl); said once at start-up, not on every request.
-        warnings.filterwarnings("ignore", message="Unverified HTTPS request")
-        if (config.endpoint_url or "https:").startswith("https:"):
-            log.warning("TLS certificates of %s are not verified (--no-verify-ssl)",
-                        config.endpoint_url or "AWS")
-    botocore_config = Config(
-        signature_version=SIGNATURE_VERSIONS[config.signature_version],
-        s3={"addressing_style": config.addressing_style},
-        retries={"max_attempts": config.max_attempts, "mode": "standard"},
-        connect_timeout=config.connect_timeout,
-        read_timeout=config.read_timeout,
-        proxies={"http": config.proxy, "https": config.proxy} if config.proxy else None,
-        # Metadata and uploads, and reads, each have their own limiter: the pool holds both.
-        max_pool_connections=config.max_concurrency + config.max_read_concurrency,
-        # Many S3-compatible services reject the CRC headers newer botocore adds by default.
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-    )
-    try:
-        client = session.client("s3", endpoint_url=config.endpoint_url,
-                                region_name=config.region, config=botocore_config, verify=verify)
-    except ValueError as exc:  # botocore's "Invalid endpoint: ..."
-        raise errors.ConfigError(f"{exc} (an endpoint looks like https://host[:port])",
-                                 status=2) from None
-    # "Expect: 100-continue" costs every upload a second round trip; S3 does not need it.
-    client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
-    headers = RequestArgs(config).every_request_headers()
-    if headers:  # on every request, even those whose model lacks them (HEAD of the bucket)
-        def add_headers(request: Any, **_: Any) -> None:
-            for name, value in headers.items():
-                request.headers[name] = value
-
-        client.meta.events.register("before-sign.s3", add_headers)
-    if config.signature_version == "v2":
-        client.meta.events.register("before-sign.s3", send_the_signed_path)
-    return client
-
-
-def send_the_signed_path(request: Any, **_: Any) -> None:
-    """SigV2: a request on the bucket itself (HEAD bucket, listings, DeleteObjects) is signed
-    for the resource `/bucket/` but botocore sends the path `/bucket`; a server that verifies
-    the signature over the path it receives (SeaweedFS) then refuses it.  Send `/bucket/`, the
-    path signed, which S3 treats as the same bucket request."""
-    signed = getattr(request, "auth_path", None)
-    if not signed or not signed.endswith("/"):
-        return
-    parts = urllib.parse.urlsplit(request.url)
-    if parts.path + "/" == signed:
-        request.url = urllib.parse.urlunsplit(parts._replace(path=signed))
-
-
-def parse_timestamp(value: str) -> datetime.datetime:
-    """A response's timestamp, parsed without dateutil for the two forms S3 sends: ISO 8601 in
-    listings, where botocore's own parser spends ~35 us an entry (a tenth of a daemon's CPU
-    while files are created in a directory it lists), and RFC 1123 in headers."""
-    try:
-        when = datetime.datetime.fromisoformat(value)
-    except (TypeError, ValueError):
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return botocore.utils.parse_timestamp(value)
-    return when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
 
 
 def _condition(expect: str | None) -> dict[str, str]:
@@ -545,36 +422,3 @@ class S3Store:
             del self._part_sums[(upload_id, number)]
         await self._call(f"ABORT-MPU {key}", self.client.abort_multipart_upload,
                          Bucket=self.bucket, Key=self._full(key), UploadId=upload_id)
-
-
-def check_bucket(client: Any, config: MountConfig) -> None:
-    """Start-up check of endpoint, credentials and bucket, as one clear `ConfigError` line."""
-    where = config.endpoint_url or "AWS"
-    try:
-        client.head_bucket(Bucket=config.bucket)
-    except (NoCredentialsError, PartialCredentialsError):
-        raise errors.ConfigError(
-            "no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-            "use ~/.aws/credentials, name a profile with --profile, or give --passwd-file") \
-            from None
-    except SSLError as exc:
-        raise errors.ConfigError(
-            f"TLS certificate of {where} not accepted ({exc}): give its CA with --ca-bundle, "
-            "or skip the check with --no-verify-ssl") from None
-    except (EndpointConnectionError, ConnectionError) as exc:
-        raise errors.ConfigError(f"cannot reach the endpoint {where}: {exc}") from None
-    except ClientError as exc:
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        code = exc.response.get("Error", {}).get("Code", "")
-        if status == 404 or code in ("NoSuchBucket", "404", "NotFound"):
-            raise errors.ConfigError(
-                f"bucket {config.bucket!r} does not exist at {where}") from None
-        if status == 403 or code in ("AccessDenied", "403", "InvalidAccessKeyId",
-                                     "SignatureDoesNotMatch"):
-            raise errors.ConfigError(
-                f"access denied to bucket {config.bucket!r} at {where} ({code or status}) with "
-                f"keys from {credential_source(config)}: check the access key, secret key, "
-                "profile and signature version") from None
-        raise errors.ConfigError(f"bucket {config.bucket!r} at {where}: {code} {exc}") from None
-    except BotoCoreError as exc:
-        raise errors.ConfigError(f"cannot use the endpoint {where}: {exc}") from None

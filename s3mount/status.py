@@ -25,10 +25,10 @@ from typing import Any
 import trio
 
 from s3mount import __version__
+from s3mount.mounttable import FSTYPE, PROC_MOUNTS, mount_entries
 
 log = logging.getLogger(__name__)
 
-FSTYPE = "fuse.s3mount"
 PEERCRED = struct.Struct("3i")  # pid, uid, gid
 MAX_REQUEST = 8192
 
@@ -240,22 +240,10 @@ async def serve_metrics(monitor: Monitor, port: int,
 # -- the command's side ------------------------------------------------------------------------
 
 
-def _unescape(field: str) -> str:
-    """/proc/mounts writes space, tab, newline and backslash as octal escapes."""
-    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace(
-        "\\134", "\\")
-
-
-def s3mount_mounts(table: str = "/proc/mounts") -> dict[str, int]:
+def s3mount_mounts(table: str = PROC_MOUNTS) -> dict[str, int]:
     """Mount point -> owner uid (user_id=) of every s3mount mount."""
-    found = {}
-    with open(table, encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) >= 4 and fields[2] == FSTYPE:
-                options = dict(o.partition("=")[::2] for o in fields[3].split(","))
-                found[_unescape(fields[1])] = int(options.get("user_id", "0") or 0)
-    return found
+    return {entry.mountpoint: int(entry.option("user_id") or 0)
+            for entry in mount_entries(table) if entry.fstype == FSTYPE}
 
 
 class StatusError(Exception):

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 
 import trio
 
-from s3mount.errors import FsError, unwrap_group
+from s3mount.errors import FsError
 from s3mount.parts import plan_parts
 from s3mount.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Multipart", "PartSource", "Uploader", "unwrap_group"]
+__all__ = ["Multipart", "PartSource", "Uploader"]
 
 
 @dataclass
@@ -135,8 +135,8 @@ class Uploader:
                 async with trio.open_nursery() as nursery:
                     for number, offset, length in plan:
                         nursery.start_soon(one, number, offset, length)
-            except BaseExceptionGroup as group:
-                raise unwrap_group(group) from None
+            except* FsError as failed:
+                raise failed.exceptions[0] from None  # callers catch an FsError, not a group
             if completing is not None:
                 await completing(multipart_etag(done))
             etag = await self.store.complete_multipart(upload.key, upload.upload_id, done,

@@ -6,18 +6,23 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
 import pytest
 from botocore.config import Config
+
+from s3mount.mounttable import find_mount
 
 ACCESS_KEY = "testing-access"
 SECRET_KEY = "testing-secret"
@@ -116,8 +121,7 @@ def _note_bucket(params, context, **_) -> None:  # type: ignore[no-untyped-def]
 
 
 def is_mounted(path: Path) -> bool:
-    with open("/proc/mounts") as f:
-        return any(line.split()[1] == str(path) for line in f)
+    return find_mount(str(path)) is not None
 
 
 # A log line of WARNING or worse, after the time stamp every line of the daemon's log starts with.
@@ -221,6 +225,65 @@ def log_failures(problems: list[str], expected: list[Expected]) -> list[str]:
 def check_log(mount: Mount) -> list[str]:
     """`log_failures` of a mount, each line naming the mount."""
     return [f"{mount.path}: {f}" for f in log_failures(mount.problems(), mount.expected)]
+
+
+# -- killing a daemon (crash tests) -------------------------------------------------------------
+
+
+def daemon_pid(m: Mount) -> int:
+    out = subprocess.run(["pgrep", "-f", "--", f"--cache-dir {m.cache_dir} "],
+                         capture_output=True, text=True).stdout.split()
+    assert out, "no daemon"
+    return int(out[0])
+
+
+def kill_and_wait(pid: int) -> None:
+    """SIGKILL, and wait (5 s at most) until the process is gone."""
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+
+
+def close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass  # the daemon is gone
+
+
+@contextmanager
+def crashable_mount(endpoint: str, bucket: str, tmp_path: Path,
+                    extra: list[str] | None = None) -> Iterator[Mount]:
+    """A mount whose daemon's pid (`m.pid`) is known before any file is opened: a fork + exec
+    (pgrep) while a file is open closes the child's copy of the descriptor, which flushes, and
+    so uploads, the file.  Afterwards the mount, dead or alive, is taken down."""
+    m = Mount(endpoint, bucket, tmp_path / "mnt", tmp_path / "cache", extra)
+    m.start()
+    m.pid = daemon_pid(m)  # type: ignore[attr-defined]
+    try:
+        yield m
+    finally:
+        if is_mounted(m.path):
+            subprocess.run(["fusermount3", "-u", "-z", str(m.path)], capture_output=True)
+        m.stop()
+
+
+async def append_through(fs, s3_client, bucket: str, key: str, size: int, pid: int) -> None:
+    """Core tier: an object of `size` random bytes, then 1 MiB appended to it through `fs`
+    (open with O_APPEND, write, flush, release); the bucket must hold both after."""
+    base = os.urandom(size)
+    s3_client.put_object(Bucket=bucket, Key=key, Body=base)
+    inode = fs.remember(await fs.lookup(1, key.encode()))
+    handle, _ = await fs.open(inode.ino, os.O_WRONLY | os.O_APPEND, pid)
+    extra = os.urandom(1024 * 1024)
+    await fs.write(handle.fh, len(base), extra)
+    await fs.flush(handle.fh)
+    await fs.release(handle.fh)
+    assert s3_client.get_object(Bucket=bucket, Key=key)["Body"].read() == base + extra
 
 
 def bucket_objects(client, bucket: str) -> dict[str, bytes]:

@@ -5,18 +5,18 @@ instead of marker metadata (and read back by a mount that did not probe)."""
 
 from __future__ import annotations
 
-import os
 import stat
 
 import pytest
 import trio
-from helpers import REGION, bucket_objects
+from helpers import REGION, append_through, bucket_objects
 
-from s3mount.blocking import Background, Limiters
 from s3mount.capabilities import Capabilities
 from s3mount.config import MountConfig
 from s3mount.mount import build_filesystem
-from s3mount.s3 import S3Store, build_client
+from s3mount.s3 import S3Store
+from s3mount.s3client import build_client
+from s3mount.workers import Background, Limiters
 
 MIB = 1024 * 1024
 PID, UID, GID = 77, 0, 0
@@ -72,15 +72,7 @@ async def test_listing_with_v1_pages_as_v2_does(make_world, s3_client, bucket):
 async def test_without_upload_part_copy_untouched_parts_are_fetched(make_world, s3_client,
                                                                      bucket):
     fs, store = make_world(Capabilities(upload_part_copy=False))
-    base = os.urandom(20 * MIB)
-    s3_client.put_object(Bucket=bucket, Key="log.bin", Body=base)
-    inode = fs.remember(await fs.lookup(1, b"log.bin"))
-    handle, _ = await fs.open(inode.ino, os.O_WRONLY | os.O_APPEND, PID)
-    extra = os.urandom(MIB)
-    await fs.write(handle.fh, len(base), extra)
-    await fs.flush(handle.fh)
-    await fs.release(handle.fh)
-    assert s3_client.get_object(Bucket=bucket, Key="log.bin")["Body"].read() == base + extra
+    await append_through(fs, s3_client, bucket, "log.bin", 20 * MIB, PID)
     assert store.stats.requests["PART-COPY"] == 0
     assert store.stats.bytes_in >= 16 * MIB  # the untouched parts came down and went up again
 

@@ -10,14 +10,15 @@ from collections import Counter
 
 import pytest
 import trio
-from helpers import REGION
+from helpers import REGION, append_through
 
 from s3mount.blockcache import BlockCache, block_digest
-from s3mount.blocking import Background, Limiters
 from s3mount.config import MountConfig
 from s3mount.errors import RemoteIO, Stale
 from s3mount.mount import build_filesystem
-from s3mount.s3 import S3Store, build_client
+from s3mount.s3 import S3Store
+from s3mount.s3client import build_client
+from s3mount.workers import Background, Limiters
 
 MIB = 1024 * 1024
 PID, UID, GID = 77, 0, 0
@@ -83,6 +84,16 @@ async def write_file(fs, name: bytes, data: bytes, chunk: int = MIB) -> int:
     return handle.fh
 
 
+async def open_new_object(fs, s3_client, bucket: str, key: str, size: int):  # type: ignore[no-untyped-def]
+    """An object of `size` random bytes put with another client, then opened for reading
+    through `fs`: (its bytes, the handle)."""
+    body = os.urandom(size)
+    s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    inode = fs.remember(await fs.lookup(1, key.encode()))
+    handle, _ = await fs.open(inode.ino, os.O_RDONLY, PID)
+    return body, handle
+
+
 async def read_all(fs, ino: int, size: int, chunk: int = 128 * 1024) -> bytes:
     handle, _ = await fs.open(ino, os.O_RDONLY, PID)
     out = bytearray()
@@ -128,18 +139,10 @@ async def test_rewrite_after_part_upload_is_sent_again(world, s3_client, bucket)
 
 async def test_append_copies_untouched_parts_server_side(world, s3_client, bucket):
     fs, store = world
-    base = os.urandom(40 * MIB)
-    s3_client.put_object(Bucket=bucket, Key="log.bin", Body=base)
-    inode = fs.remember(await fs.lookup(1, b"log.bin"))
-    handle, _ = await fs.open(inode.ino, os.O_WRONLY | os.O_APPEND, PID)
-    extra = os.urandom(MIB)
-    await fs.write(handle.fh, len(base), extra)
-    await fs.flush(handle.fh)
-    await fs.release(handle.fh)
-    assert s3_client.get_object(Bucket=bucket, Key="log.bin")["Body"].read() == base + extra
+    await append_through(fs, s3_client, bucket, "log.bin", 40 * MIB, PID)
     assert store.calls["upload_part_copy"] >= 1  # the old bytes stayed on the server:
     # at most the part that holds the new bytes is sent from here, never the whole file
-    assert store.inner.stats.bytes_out <= fs.files.uploader.part_size + len(extra)
+    assert store.inner.stats.bytes_out <= fs.files.uploader.part_size + MIB  # 1 MiB appended
     assert store.bytes_in == 0  # nothing of the old object came down
 
 
@@ -289,10 +292,7 @@ async def test_reread_comes_from_the_cache(world, s3_client, bucket):
 
 async def test_random_small_reads_fetch_only_what_is_asked(world, s3_client, bucket):
     fs, store = world
-    body = os.urandom(32 * MIB)
-    s3_client.put_object(Bucket=bucket, Key="rand.bin", Body=body)
-    inode = fs.remember(await fs.lookup(1, b"rand.bin"))
-    handle, _ = await fs.open(inode.ino, os.O_RDONLY, PID)
+    body, handle = await open_new_object(fs, s3_client, bucket, "rand.bin", 32 * MIB)
     offsets = [(i * 7_777_777) % (32 * MIB - 4096) for i in range(1, 40)]
     for off in offsets:
         assert await fs.read(handle.fh, off, 4096) == body[off:off + 4096]
@@ -302,10 +302,7 @@ async def test_random_small_reads_fetch_only_what_is_asked(world, s3_client, buc
 
 async def test_readahead_jump_returns_right_bytes(world, s3_client, bucket):
     fs, store = world
-    body = os.urandom(48 * MIB)
-    s3_client.put_object(Bucket=bucket, Key="jump.bin", Body=body)
-    inode = fs.remember(await fs.lookup(1, b"jump.bin"))
-    handle, _ = await fs.open(inode.ino, os.O_RDONLY, PID)
+    body, handle = await open_new_object(fs, s3_client, bucket, "jump.bin", 48 * MIB)
     for off in range(0, 4 * MIB, 128 * 1024):  # sequential: the window opens
         assert await fs.read(handle.fh, off, 128 * 1024) == body[off:off + 128 * 1024]
     for off in (40 * MIB + 5, 17, 30 * MIB - 3, 47 * MIB):  # jumps
@@ -331,10 +328,7 @@ async def test_long_sequential_read_fetches_each_block_once(world, s3_client, bu
 async def test_a_reader_that_stops_early_costs_little_more_than_it_read(world, s3_client,
                                                                          bucket):
     fs, store = world
-    body = os.urandom(200 * MIB)
-    s3_client.put_object(Bucket=bucket, Key="head.bin", Body=body)
-    inode = fs.remember(await fs.lookup(1, b"head.bin"))
-    handle, _ = await fs.open(inode.ino, os.O_RDONLY, PID)
+    body, handle = await open_new_object(fs, s3_client, bucket, "head.bin", 200 * MIB)
     for off in range(0, 3 * MIB, 128 * 1024):  # like head(1) or file(1): a little, in order
         assert await fs.read(handle.fh, off, 128 * 1024) == body[off:off + 128 * 1024]
     await trio.sleep(1)  # time enough for a window that would keep growing

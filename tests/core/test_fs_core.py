@@ -21,13 +21,14 @@ import trio
 from helpers import REGION, bucket_objects
 
 from s3mount import errors
-from s3mount.blocking import Background, Limiters
 from s3mount.config import MountConfig
 from s3mount.fs import Filesystem
 from s3mount.handles import FileHandle
 from s3mount.inodes import ROOT_INODE, Inode
 from s3mount.mount import build_filesystem
-from s3mount.s3 import S3Store, build_client
+from s3mount.s3 import S3Store
+from s3mount.s3client import build_client
+from s3mount.workers import Background, Limiters
 
 MIB = 1024 * 1024
 PID, UID, GID = 4242, 1000, 1000

@@ -16,11 +16,12 @@ from faultproxy import FaultProxy
 from helpers import ACCESS_KEY, REGION, SECRET_KEY
 
 from s3mount import errors
-from s3mount.blocking import Limiters
 from s3mount.config import MountConfig
 from s3mount.credentials import Keys
 from s3mount.lean import LeanS3Store, lean_blockers, make_store
-from s3mount.s3 import S3Store, build_client
+from s3mount.s3 import S3Store
+from s3mount.s3client import build_client
+from s3mount.workers import Limiters
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 from seaweed import SeaweedFS  # noqa: E402

@@ -16,10 +16,10 @@ import pytest
 import trio
 
 from s3mount.blockcache import BlockCache
-from s3mount.blocking import Background
 from s3mount.errors import RemoteIO, Stale
 from s3mount.handles import HandleTable
 from s3mount.reading import ObjectReader
+from s3mount.workers import Background
 
 MIB = 1024 * 1024
 BLOCK = MIB

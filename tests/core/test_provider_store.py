@@ -10,10 +10,11 @@ import os
 
 from helpers import REGION
 
-from s3mount.blocking import Limiters
 from s3mount.config import MountConfig
 from s3mount.requestargs import RequestArgs
-from s3mount.s3 import S3Store, build_client
+from s3mount.s3 import S3Store
+from s3mount.s3client import build_client
+from s3mount.workers import Limiters
 
 MIB = 1024 * 1024
 

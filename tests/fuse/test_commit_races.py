@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from helpers import Mount, bucket_objects
@@ -24,23 +25,23 @@ def slow_mount(proxy, bucket, tmp_path):
     assert not m.problems(), m.problems()
 
 
-def close_in_background(fd: int) -> threading.Thread:
-    """close(2) commits the file; it blocks while the proxy holds the PUT back."""
-    done = threading.Thread(target=os.close, args=(fd,))
-    done.start()
+def while_committing(proxy, fd: int, name: str, action: Callable[[], object]) -> None:
+    """close(2) `fd`, which commits the file, while the proxy holds its PUT back; do `action`
+    meanwhile; then the close must finish."""
+    proxy.fail("stall", times=1, method="PUT", query=name, stall=STALL)
+    closing = threading.Thread(target=os.close, args=(fd,))
+    closing.start()
     time.sleep(STALL / 3)  # the PUT is on its way, not yet in the bucket
-    return done
+    action()
+    closing.join(60)
+    assert not closing.is_alive()
 
 
 def test_unlink_during_commit_stays_deleted(slow_mount, proxy, s3_client, bucket):
     path = slow_mount.path / "gone.txt"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
     os.write(fd, b"written, closed, then deleted")
-    proxy.fail("stall", times=1, method="PUT", query="gone.txt", stall=STALL)
-    closing = close_in_background(fd)
-    os.unlink(path)
-    closing.join(60)
-    assert not closing.is_alive()
+    while_committing(proxy, fd, "gone.txt", lambda: os.unlink(path))
     print(f"\nFAULT unlink during commit: acknowledged 0 B (deleted), in bucket "
           f"{sum(map(len, bucket_objects(s3_client, bucket).values()))} B")
     assert "gone.txt" not in bucket_objects(s3_client, bucket)
@@ -54,11 +55,7 @@ def test_unlink_during_commit_of_an_existing_object(slow_mount, proxy, s3_client
     path = slow_mount.path / "old.txt"
     fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
     os.write(fd, b"new version, then deleted")
-    proxy.fail("stall", times=1, method="PUT", query="old.txt", stall=STALL)
-    closing = close_in_background(fd)
-    os.unlink(path)
-    closing.join(60)
-    assert not closing.is_alive()
+    while_committing(proxy, fd, "old.txt", lambda: os.unlink(path))
     assert bucket_objects(s3_client, bucket) == {}  # no conflict copy either: ours was deleted
 
 
@@ -66,11 +63,8 @@ def test_directory_renamed_during_commit_moves_the_file(slow_mount, proxy, s3_cl
     (slow_mount.path / "d").mkdir()
     fd = os.open(slow_mount.path / "d" / "f.txt", os.O_WRONLY | os.O_CREAT, 0o644)
     os.write(fd, b"committed while its directory moved")
-    proxy.fail("stall", times=1, method="PUT", query="f.txt", stall=STALL)
-    closing = close_in_background(fd)
-    os.rename(slow_mount.path / "d", slow_mount.path / "e")
-    closing.join(60)
-    assert not closing.is_alive()
+    while_committing(proxy, fd, "f.txt",
+                     lambda: os.rename(slow_mount.path / "d", slow_mount.path / "e"))
     objects = bucket_objects(s3_client, bucket)
     print(f"\nFAULT directory rename during commit: acknowledged 35 B, in bucket under the new "
           f"name {len(objects.get('e/f.txt', b''))} B")

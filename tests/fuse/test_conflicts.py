@@ -16,17 +16,23 @@ def conflicts_of(objects: dict[str, bytes], key: str) -> list[bytes]:
     return [v for k, v in objects.items() if k.startswith(f"{key}.s3mount-conflict-")]
 
 
+def close_after_their_put(f, s3_client, bucket: str, key: str, body: bytes) -> int:
+    """Another client PUTs `key` while `f`, written and flushed to the mount, is still open:
+    our close(2) must fail; returns its errno."""
+    f.flush()
+    s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    with pytest.raises(OSError) as exc:
+        f.close()
+    return exc.value.errno
+
+
 def test_lost_update_is_detected(mounted, s3_client, bucket):
     s3_client.put_object(Bucket=bucket, Key="doc.txt", Body=b"v1")
     mounted.expect("changed in the bucket", count=1)
     mounted.expect("PreconditionFailed", count=1)
     f = open(mounted.path / "doc.txt", "r+b")  # noqa: SIM115
     f.write(b"ours")
-    f.flush()
-    s3_client.put_object(Bucket=bucket, Key="doc.txt", Body=b"theirs")
-    with pytest.raises(OSError) as exc:
-        f.close()
-    assert exc.value.errno == errno.ESTALE
+    assert close_after_their_put(f, s3_client, bucket, "doc.txt", b"theirs") == errno.ESTALE
     objects = bucket_objects(s3_client, bucket)
     assert objects["doc.txt"] == b"theirs"
     assert conflicts_of(objects, "doc.txt") == [b"ours"]
@@ -35,11 +41,8 @@ def test_lost_update_is_detected(mounted, s3_client, bucket):
 def concurrent_create(mounted, s3_client, bucket) -> None:
     f = open(mounted.path / "new.txt", "wb")  # noqa: SIM115
     f.write(b"mine")
-    f.flush()
-    s3_client.put_object(Bucket=bucket, Key="new.txt", Body=b"someone else's")
-    with pytest.raises(OSError) as exc:
-        f.close()
-    assert exc.value.errno == errno.ESTALE
+    assert close_after_their_put(f, s3_client, bucket, "new.txt", b"someone else's") == \
+        errno.ESTALE
 
 
 def test_concurrent_create_is_detected(mounted, s3_client, bucket):
@@ -74,11 +77,8 @@ def test_large_file_lost_update_is_detected(mounted, s3_client, bucket):
     f.read(10)  # bytes of the old version come local before it changes
     f.seek(0)
     f.write(b"Y" * 1000)
-    f.flush()
-    s3_client.put_object(Bucket=bucket, Key="big.bin", Body=b"replaced")
-    with pytest.raises(OSError) as exc:
-        f.close()
-    assert exc.value.errno in (errno.ESTALE, errno.EIO)
+    assert close_after_their_put(f, s3_client, bucket, "big.bin", b"replaced") in (
+        errno.ESTALE, errno.EIO)
     objects = bucket_objects(s3_client, bucket)
     assert objects == {"big.bin": b"replaced"}  # never overwritten
     kept = list((mounted.cache_dir / "conflicts").glob("*.data"))

@@ -5,45 +5,31 @@ never overwritten (ours goes to a conflict key); no multipart upload of ours is 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import time
 
 import pytest
-from helpers import Mount, bucket_objects, check_log, is_mounted
+from helpers import (
+    Mount,
+    bucket_objects,
+    check_log,
+    close_quietly,
+    crashable_mount,
+    is_mounted,
+    kill_and_wait,
+)
 
 MIB = 1024 * 1024
 
 
-def daemon_pid(m: Mount) -> int:
-    out = subprocess.run(["pgrep", "-f", "--", f"--cache-dir {m.cache_dir} "],
-                         capture_output=True, text=True).stdout.split()
-    assert out, "no daemon"
-    return int(out[0])
-
-
 def kill_daemon(m: Mount) -> None:
-    # The pid was looked up before any file was opened: a fork + exec (pgrep) while a file is
-    # open closes the child's copy of the descriptor, which flushes, and so uploads, the file.
-    pid = m.pid  # type: ignore[attr-defined]
-    os.kill(pid, signal.SIGKILL)
-    for _ in range(100):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
+    kill_and_wait(m.pid)  # type: ignore[attr-defined]
     assert is_mounted(m.path)  # dead, but still in the mount table: the next start copes
 
 
 @pytest.fixture
 def crashable(s3_server, bucket, tmp_path):
-    m = Mount(s3_server.endpoint, bucket, tmp_path / "mnt", tmp_path / "cache")
-    m.start()
-    m.pid = daemon_pid(m)  # type: ignore[attr-defined]
-    yield m
-    subprocess.run(["fusermount3", "-u", "-z", str(m.path)], capture_output=True)
-    m.stop()
+    with crashable_mount(s3_server.endpoint, bucket, tmp_path) as m:
+        yield m
     failures = check_log(m)
     assert not failures, failures
 
@@ -52,13 +38,6 @@ def write_unclosed(path, data: bytes, offset: int | None = None):
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
     os.pwrite(fd, data, 0 if offset is None else offset)
     return fd  # never closed before the crash: no flush, no upload
-
-
-def close_quietly(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass  # the daemon is gone
 
 
 def test_new_file_written_then_killed(crashable, s3_client, bucket):
@@ -105,11 +84,7 @@ def test_file_past_the_cache_budget_killed_is_rebuilt(s3_server, s3_client, buck
     """Past --cache-size, uploaded parts are dropped locally; a rewrite of one commits the file
     as it stands; more parts are dropped; then the daemon is killed.  The next mount completes
     the upload from the parts kept in it, the staging file and the committed version."""
-    m = Mount(s3_server.endpoint, bucket, tmp_path / "mnt", tmp_path / "cache",
-              ["--cache-size", "64M"])
-    m.start()
-    m.pid = daemon_pid(m)  # type: ignore[attr-defined]
-    try:
+    with crashable_mount(s3_server.endpoint, bucket, tmp_path, ["--cache-size", "64M"]) as m:
         data = bytearray(os.urandom(150 * MIB))
         fd = os.open(m.path / "big.bin", os.O_WRONLY | os.O_CREAT, 0o644)
         for off in range(0, len(data), MIB):
@@ -129,9 +104,6 @@ def test_file_past_the_cache_budget_killed_is_rebuilt(s3_server, s3_client, buck
         body = s3_client.get_object(Bucket=bucket, Key="big.bin")["Body"].read()
         assert len(body) == len(data) and body == data
         assert not s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads")
-    finally:
-        subprocess.run(["fusermount3", "-u", "-z", str(m.path)], capture_output=True)
-        m.stop()
 
 
 def test_renamed_dirty_file_recovered_under_new_name(crashable, s3_client, bucket):

@@ -352,25 +352,26 @@ def test_tls_verified_by_default(s3rver_tls, tmp_path):
     assert "--ca-bundle" in line
 
 
-def test_tls_with_ca_bundle(s3rver_tls, mounts, tmp_path):
+def mount_s3rver_tls(s3rver_tls, mounts, tmp_path, options: list[str]):  # type: ignore[no-untyped-def]
+    """A mount of a new bucket of the TLS s3rver, with keys from the environment; returns the
+    mount, a client of the server, and the bucket."""
     client = s3rver_tls.client()
     bucket = new_bucket(client)
     env = clean_env()
     extra = credential_source("env", S3RVER_KEY, S3RVER_KEY, tmp_path / "c", env)
-    m = mount_with(mounts, s3rver_tls.endpoint, bucket, tmp_path, env,
-                   ["--ca-bundle", str(s3rver_tls.tls[1]), *extra])
+    m = mount_with(mounts, s3rver_tls.endpoint, bucket, tmp_path, env, [*options, *extra])
     m.expect(NO_CONDITIONAL_WRITES, count=1)  # s3rver ignores If-Match/If-None-Match
+    return m, client, bucket
+
+
+def test_tls_with_ca_bundle(s3rver_tls, mounts, tmp_path):
+    m, client, bucket = mount_s3rver_tls(s3rver_tls, mounts, tmp_path,
+                                         ["--ca-bundle", str(s3rver_tls.tls[1])])
     exercise(m, client, bucket)
 
 
 def test_tls_without_verification(s3rver_tls, mounts, tmp_path):
-    client = s3rver_tls.client()
-    bucket = new_bucket(client)
-    env = clean_env()
-    extra = credential_source("env", S3RVER_KEY, S3RVER_KEY, tmp_path / "c", env)
-    m = mount_with(mounts, s3rver_tls.endpoint, bucket, tmp_path, env,
-                   ["--no-verify-ssl", *extra])
-    m.expect(NO_CONDITIONAL_WRITES, count=1)  # s3rver ignores If-Match/If-None-Match
+    m, client, bucket = mount_s3rver_tls(s3rver_tls, mounts, tmp_path, ["--no-verify-ssl"])
     m.expect("TLS certificates of https://127.0.0.1", count=1)  # "... are not verified"
     (m.path / "f").write_text("unverified")
     assert client.get_object(Bucket=bucket, Key="f")["Body"].read() == b"unverified"

@@ -10,6 +10,7 @@ import errno
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from helpers import bucket_objects
@@ -27,6 +28,17 @@ def via_proxy(proxy, make_mount, bucket):
 def report(name: str, acknowledged: int, stored: int, seconds: float) -> None:
     print(f"\nFAULT {name}: acknowledged {acknowledged} B, in bucket {stored} B, "
           f"recovered in {seconds:.1f} s")
+
+
+def read_fails_with_eio(path: Path, within: float) -> float:
+    """Reading `path` fails with EIO, in less than `within` seconds; returns how long it took."""
+    started = time.monotonic()
+    with pytest.raises(OSError) as exc:
+        path.read_bytes()
+    took = time.monotonic() - started
+    assert exc.value.errno == errno.EIO
+    assert took < within
+    return took
 
 
 @pytest.mark.parametrize("action", ["500", "503", "reset"])
@@ -89,12 +101,7 @@ def test_stalled_read_fails_in_bounded_time(via_proxy, proxy, s3_client, bucket)
     s3_client.put_object(Bucket=bucket, Key="slow.bin", Body=b"s" * MIB)
     assert os.listdir(via_proxy.path) == ["slow.bin"]
     proxy.fail("stall", times=100, method="GET", stall=20)
-    started = time.monotonic()
-    with pytest.raises(OSError) as exc:
-        (via_proxy.path / "slow.bin").read_bytes()
-    took = time.monotonic() - started
-    assert exc.value.errno == errno.EIO
-    assert took < 30
+    took = read_fails_with_eio(via_proxy.path / "slow.bin", within=30)
     print(f"\nFAULT stalled GET: EIO after {took:.1f} s")
     proxy.clear()
     assert (via_proxy.path / "slow.bin").read_bytes() == b"s" * MIB  # the mount lives
@@ -122,12 +129,7 @@ def test_a_get_cut_on_every_attempt_fails_with_eio_in_bounded_time(via_proxy, pr
     s3_client.put_object(Bucket=bucket, Key="cut.bin", Body=b"c" * MIB)
     assert os.listdir(via_proxy.path) == ["cut.bin"]
     proxy.fail("cut", times=1000, method="GET", query=f"{bucket}/cut.bin", after=1000)
-    started = time.monotonic()
-    with pytest.raises(OSError) as exc:
-        (via_proxy.path / "cut.bin").read_bytes()
-    took = time.monotonic() - started
-    assert exc.value.errno == errno.EIO
-    assert took < 30
+    took = read_fails_with_eio(via_proxy.path / "cut.bin", within=30)
     assert 2 <= proxy.injected <= 3 * 8  # --max-attempts 3 per request, never endless
     print(f"\nFAULT GET cut on every attempt: EIO after {took:.1f} s, "
           f"{proxy.injected} attempts")

@@ -14,52 +14,19 @@ recognise its own upload: no conflict copy, no warning, and the journal gone for
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import time
 
 import pytest
-from helpers import Mount, bucket_objects, is_mounted
+from helpers import bucket_objects, close_quietly, crashable_mount, kill_and_wait
 
 MIB = 1024 * 1024
 
 
-def daemon_pid(m: Mount) -> int:
-    out = subprocess.run(["pgrep", "-f", "--", f"--cache-dir {m.cache_dir} "],
-                         capture_output=True, text=True).stdout.split()
-    assert out, "no daemon"
-    return int(out[0])
-
-
-def kill(pid: int) -> None:
-    os.kill(pid, signal.SIGKILL)
-    for _ in range(100):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-
-
-def close_quietly(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass  # the daemon is gone
-
-
 @pytest.fixture
 def crashable(proxy, bucket, tmp_path):
-    """A mount through the fault proxy, its daemon's pid known before any file is opened (a
-    fork while a file is open would flush it)."""
-    m = Mount(proxy.endpoint, bucket, tmp_path / "mnt", tmp_path / "cache")
-    m.start()
-    m.pid = daemon_pid(m)  # type: ignore[attr-defined]
-    yield m
-    proxy.clear()
-    if is_mounted(m.path):
-        subprocess.run(["fusermount3", "-u", "-z", str(m.path)], capture_output=True)
-    m.stop()
+    """A mount through the fault proxy (see `crashable_mount`)."""
+    with crashable_mount(proxy.endpoint, bucket, tmp_path) as m:
+        yield m
+        proxy.clear()
 
 
 def lose_page_cache(cache_dir, how: str) -> int:
@@ -83,7 +50,7 @@ def test_power_cut_never_uploads_zeros(crashable, s3_client, bucket, how):
     os.pwrite(fd, b"1" * 4096, 512 * 1024)
     assert os.pread(fd, 65536, 0) == base[:65536]  # base bytes fetched into the staging file
     os.pwrite(fd, b"2" * 4096, 900 * 1024)  # after the fetch: the journal is written again
-    kill(crashable.pid)  # type: ignore[attr-defined]
+    kill_and_wait(crashable.pid)  # type: ignore[attr-defined]
     close_quietly(fd)
     assert lose_page_cache(crashable.cache_dir, how) == 1
     crashable.expected_problems = []
@@ -103,7 +70,7 @@ def test_power_cut_never_uploads_zeros(crashable, s3_client, bucket, how):
 def test_power_cut_on_a_new_file_leaves_the_bucket_alone(crashable, s3_client, bucket):
     fd = os.open(crashable.path / "new.bin", os.O_WRONLY | os.O_CREAT, 0o644)
     os.write(fd, os.urandom(100_000))
-    kill(crashable.pid)  # type: ignore[attr-defined]
+    kill_and_wait(crashable.pid)  # type: ignore[attr-defined]
     close_quietly(fd)
     assert lose_page_cache(crashable.cache_dir, "zero") == 1
     crashable.expected_problems = ["never reached the disk"]
@@ -121,7 +88,7 @@ def test_synced_data_survives_a_power_cut(crashable, s3_client, bucket):
     os.pwrite(fd, b"S" * 4096, 4096)
     os.fsync(fd)
     os.pwrite(fd, b"U" * 4096, 8192)  # never synced: lost with the page cache
-    kill(crashable.pid)  # type: ignore[attr-defined]
+    kill_and_wait(crashable.pid)  # type: ignore[attr-defined]
     close_quietly(fd)
     lose_page_cache(crashable.cache_dir, "zero")
     crashable.start()
@@ -136,9 +103,9 @@ def test_killed_right_after_the_upload_completed(crashable, proxy, s3_client, bu
     fd = os.open(crashable.path / "doc.bin", os.O_WRONLY)  # over the old version: it has a base
     os.write(fd, data)
     if size > 8 * MIB:  # the CompleteMultipartUpload request
-        proxy.after(lambda: kill(crashable.pid), method="POST", query="uploadId=")
+        proxy.after(lambda: kill_and_wait(crashable.pid), method="POST", query="uploadId=")
     else:
-        proxy.after(lambda: kill(crashable.pid), method="PUT", query="doc.bin")
+        proxy.after(lambda: kill_and_wait(crashable.pid), method="PUT", query="doc.bin")
     close_quietly(fd)  # the commit: done in the bucket, the daemon killed before it knew
     assert proxy.injected == 1
     assert bucket_objects(s3_client, bucket) == {"doc.bin": data}

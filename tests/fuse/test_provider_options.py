@@ -86,19 +86,25 @@ def workload(m: Mount) -> bytes:
     return bytes(big)
 
 
+def run_workload(endpoint: str, bucket: str, tmp_path: Path, options: list[str]) -> bytes:
+    """`workload` on a mount with these options, whose log must stay free of problems."""
+    m = Mount(endpoint, bucket, tmp_path / "mnt", tmp_path / "cache", options)
+    m.start()
+    try:
+        big = workload(m)
+    finally:
+        m.stop()
+    assert not m.problems(), m.problems()
+    return big
+
+
 def run_recorded(s3_server, bucket: str, tmp_path: Path, *options: str,
                  endpoint: str | None = None) -> tuple[FaultProxy, dict[str, list[Seen]]]:
     proxy = FaultProxy(s3_server.endpoint)
     try:
         if endpoint is None:
             endpoint = proxy.endpoint
-        m = Mount(endpoint, bucket, tmp_path / "mnt", tmp_path / "cache", list(options))
-        m.start()
-        try:
-            workload(m)
-        finally:
-            m.stop()
-        assert not m.problems(), m.problems()
+        run_workload(endpoint, bucket, tmp_path, list(options))
         ops = by_operation(proxy, bucket)
     finally:
         proxy.stop()
@@ -338,14 +344,7 @@ def test_sse_c_on_seaweedfs(seaweed, tmp_path):
     key_file = tmp_path / "sse-c.key"
     key_file.write_bytes(SSE_C_KEY)
     key_file.chmod(0o600)
-    m = Mount(seaweed.endpoint, bucket, tmp_path / "mnt", tmp_path / "cache",
-              ["--sse-c-key-file", str(key_file)])
-    m.start()
-    try:
-        big = workload(m)
-    finally:
-        m.stop()
-    assert not m.problems(), m.problems()
+    big = run_workload(seaweed.endpoint, bucket, tmp_path, ["--sse-c-key-file", str(key_file)])
     sse = {"SSECustomerAlgorithm": "AES256", "SSECustomerKey": SSE_C_KEY}
     assert client.get_object(Bucket=bucket, Key="big.bin", **sse)["Body"].read() == big
     for key in ("b.html", "big.bin"):
@@ -361,14 +360,7 @@ def test_checksum_on_seaweedfs(seaweed, tmp_path, algorithm):
     if algorithm == "crc32c":
         pytest.importorskip("awscrt", reason="--checksum crc32c needs awscrt")
     client, bucket = seaweed_bucket(seaweed)
-    m = Mount(seaweed.endpoint, bucket, tmp_path / "mnt", tmp_path / "cache",
-              ["--checksum", algorithm])
-    m.start()
-    try:
-        workload(m)
-    finally:
-        m.stop()
-    assert not m.problems(), m.problems()
+    run_workload(seaweed.endpoint, bucket, tmp_path, ["--checksum", algorithm])
     head = client.head_object(Bucket=bucket, Key="b.html", ChecksumMode="ENABLED")
     assert head[f"Checksum{algorithm.upper()}"] == \
         base64.b64encode(DIGESTS[algorithm](b"small")).decode()

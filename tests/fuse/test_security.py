@@ -26,17 +26,16 @@ from pathlib import Path
 import pytest
 from helpers import Mount, bucket_objects, have, is_mounted, prerequisite, test_env
 
+from s3mount.mounttable import find_mount
+
 SECRET = "sekrit-4f1d-never-show-me-0123456789ab"
 ACCESS = "AKIDSECURITYTEST"
 
 
 def mount_options(path: Path) -> set[str]:
-    with open("/proc/mounts") as f:
-        for line in f:
-            fields = line.split()
-            if fields[1].replace("\\040", " ") == str(path):
-                return set(fields[3].split(","))
-    raise AssertionError(f"{path} is not mounted")
+    entry = find_mount(str(path))
+    assert entry is not None, f"{path} is not mounted"
+    return set(entry.options)
 
 
 def modes_under(directory: Path) -> dict[str, int]:

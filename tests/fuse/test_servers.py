@@ -23,6 +23,7 @@ import pytest
 from helpers import Mount, free_port, is_mounted, prerequisite, test_env
 
 from s3mount import status
+from s3mount.mounttable import find_mount
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "s3mount@.service"
@@ -282,9 +283,9 @@ def check_mount_works(path: Path, s3_client, bucket: str, name: str) -> None:  #
     (path / name).write_text(f"through {name}")
     assert s3_client.get_object(Bucket=bucket, Key=name)["Body"].read() == \
         f"through {name}".encode()
-    with open("/proc/mounts") as f:
-        line = next(line for line in f if line.split()[1] == str(path))
-    assert line.split()[0] == f"s3mount:{bucket}" and line.split()[2] == "fuse.s3mount"
+    entry = find_mount(str(path))
+    assert entry is not None
+    assert entry.source == f"s3mount:{bucket}" and entry.fstype == "fuse.s3mount"
 
 
 def test_mount_t_fuse_s3mount(s3_server, s3_client, bucket, tmp_path, mount_helper):

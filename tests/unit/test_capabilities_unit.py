@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from s3mount.capabilities import Capabilities
 from s3mount.keys import deletion_order
-from s3mount.s3 import send_the_signed_path
+from s3mount.s3client import send_the_signed_path
 
 
 def test_summary_names_every_capability():

@@ -680,6 +680,19 @@ def test_key_through_parent_chain(table):
     assert len({a.ino, b.ino, f.ino, top.ino, ROOT_INODE}) == 5
 
 
+def test_subtree_walks_top_then_everything_under_it(table):
+    a = add_dir(table, ROOT_INODE, "a")
+    b = add_dir(table, a.ino, "b")
+    f = add_file(table, b.ino, "f")
+    g = add_file(table, a.ino, "g")
+    add_file(table, ROOT_INODE, "outside")
+    walk = table.subtree(a)
+    assert next(walk) is a
+    late = add_file(table, b.ino, "late")  # added mid-walk, under a node not yet reached
+    assert {n.ino for n in walk} == {b.ino, f.ino, g.ino, late.ino}
+    assert list(table.subtree(f)) == [f]
+
+
 def test_move_rekeys_descendants(table):
     a = add_dir(table, ROOT_INODE, "a")
     b = add_dir(table, a.ino, "b")
@@ -801,11 +814,11 @@ def test_all_and_len(table):
 def test_malloc_returns_big_buffers_on_glibc():
     import platform
 
-    from s3mount import heap
+    from s3mount import malloc_tuning
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
-    assert heap.return_big_buffers()
+    assert malloc_tuning.return_big_buffers()
 
 
 @pytest.mark.parametrize("value", [
@@ -819,7 +832,7 @@ def test_malloc_returns_big_buffers_on_glibc():
 def test_fast_timestamps_equal_botocores(value):
     import botocore.utils
 
-    from s3mount.s3 import parse_timestamp
+    from s3mount.s3client import parse_timestamp
 
     assert parse_timestamp(value).timestamp() == botocore.utils.parse_timestamp(value).timestamp()
     assert parse_timestamp(value).tzinfo is not None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from s3mount import cli, notify, status
+from s3mount import cli, mounttable, notify, status
 from s3mount.credentials import Keys, parse_passwd, read_passwd_file
 from s3mount.errors import ConfigError
 from s3mount.s3 import RequestStats
@@ -373,6 +373,20 @@ def test_s3mount_mounts_parses_proc_mounts(tmp_path):
         "s3mount:c /mnt/c fuse.s3mount rw,user_id=0,group_id=0 0 0\n"
         "sshfs /mnt/s fuse.sshfs rw,user_id=0 0 0\n")
     assert status.s3mount_mounts(str(table)) == {"/mnt/with space": 1000, "/mnt/c": 0}
+
+
+def test_mount_table_unescapes_every_octal_escape(tmp_path):
+    assert mounttable.unescape("/a\\040b\\011c\\012d\\134e") == "/a b\tc\nd\\e"
+    assert mounttable.unescape("/x\\134040") == "/x\\040"  # an escaped backslash, then text
+    # the kernel escapes bytes: a non-UTF-8 name comes back as os.fsdecode would give it
+    assert mounttable.unescape("/\\377") == os.fsdecode(b"/\xff")
+    table = tmp_path / "mounts"
+    table.write_text("a /m fuse.x rw 0 0\n"
+                     "s3mount:b /m fuse.s3mount rw,user_id=7 0 0\n"
+                     "short line\n")
+    entry = mounttable.find_mount("/m", str(table))
+    assert entry is not None and entry.source == "s3mount:b" and entry.option("user_id") == "7"
+    assert entry.option("group_id") is None and mounttable.find_mount("/n", str(table)) is None
 
 
 def test_status_of_something_not_mounted(tmp_path, capsys):

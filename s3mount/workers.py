@@ -1,8 +1,9 @@
-"""The one road into worker threads.
+"""Where work runs besides the trio loop's own handlers: worker threads and background tasks.
 
 Every blocking call (boto3, local disk) runs through `run_blocking` with a named
 `trio.CapacityLimiter`, so the trio loop that answers the kernel never blocks and the number of
-threads talking to S3 matches botocore's connection pool.
+threads talking to S3 matches botocore's connection pool.  Optional work (read-ahead) starts in
+the mount's long-lived nursery through `Background`.
 """
 
 from __future__ import annotations
