@@ -68,6 +68,7 @@ class WriteBack:
         self.queued_bytes = 0
         self.conflicts = 0  # conflicts found by background uploads
         self.last_conflict: str | None = None
+        self.draining = False  # the background nursery may be gone: no retries started
 
     def schedule(self, inode: Inode) -> bool:
         """Queue the upload of a file just closed.  False when it cannot wait (no background
@@ -102,12 +103,16 @@ class WriteBack:
         if not entries:
             return
         log.info("write-back: uploading %d queued files now", len(entries))
+        self.draining = True
         for entry in entries:
             entry.started = True  # their own tasks, if still alive, leave them to us
             entry.wake.set()
-        async with trio.open_nursery() as nursery:
-            for entry in entries:
-                nursery.start_soon(self._upload, entry)
+        try:
+            async with trio.open_nursery() as nursery:
+                for entry in entries:
+                    nursery.start_soon(self._upload, entry)
+        finally:
+            self.draining = False
 
     async def _upload(self, entry: Pending) -> None:
         async with self.slots:
@@ -129,6 +134,9 @@ class WriteBack:
             log.warning("%s: its background upload met a change by another client (%s); close(2) "
                         "had returned, so no program was told", key, exc)
         except FsError as exc:
+            if self.draining:  # the caller (`Filesystem.commit_all`) tries once more, and says
+                log.info("%s: its upload failed: %s", key, exc)
+                return
             log.error("%s stays staged, its background upload failed: %s; retrying in the "
                       "background", key, exc)
             self.files.retry_later(inode)

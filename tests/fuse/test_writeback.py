@@ -96,6 +96,7 @@ def test_fsync_is_durable_at_once(make_mount, s3_client, bucket):
         os.fsync(f.fileno())
         assert bucket_objects(s3_client, bucket) == {"synced.txt": b"fsynced bytes"}
     (m.path / "later.txt").write_bytes(b"queued")
+    assert "later.txt" not in keys(s3_client, bucket)
     with open(m.path / "later.txt", "rb") as f:  # fsync on a reader's handle commits too
         os.fsync(f.fileno())
     assert bucket_objects(s3_client, bucket) == {"synced.txt": b"fsynced bytes",
@@ -225,3 +226,25 @@ def test_conflict_in_the_background_is_logged_and_shown(make_mount, s3_client, b
                           capture_output=True, text=True, env=test_env(), check=True).stdout
     assert "write-back: 0 files" in text and "2 conflicts" in text
     wait_for(lambda: (m.path / "doc.txt").read_bytes() == b"theirs", timeout=30)
+
+
+def test_rename_of_a_queued_file_costs_one_put(make_mount, s3_client, bucket):
+    """rsync's pattern (write a temporary name, close, rename over the target): the upload
+    waiting goes under the final name, and a queued target it replaces is never uploaded."""
+    m = make_mount(bucket, "--write-back=8")
+    before = status(m)["s3"]["by_kind"]
+    (m.path / "final").write_bytes(b"first, replaced before its upload")
+    (m.path / ".final.tmp").write_bytes(b"second")
+    os.rename(m.path / ".final.tmp", m.path / "final")
+    assert status(m)["writeback"]["files"] == 1
+    assert (m.path / "final").read_bytes() == b"second"
+    wait_for(lambda: "final" in keys(s3_client, bucket))
+    wait_for(lambda: status(m)["writeback"]["files"] == 0)
+    after = status(m)["s3"]["by_kind"]
+    assert bucket_objects(s3_client, bucket) == {"final": b"second"}
+    assert after.get("PUT", 0) - before.get("PUT", 0) == 1, (before, after)
+    for kind in ("COPY", "DELETE"):
+        assert after.get(kind, 0) == before.get(kind, 0), (before, after)
+    assert not list((m.cache_dir / "staging").glob("*.json"))  # the replaced one's too
+    m.remount()
+    assert os.listdir(m.path) == ["final"]
