@@ -78,12 +78,14 @@ class WriteBack:
         entry = self.backlog.get(inode.ino)
         if entry is not None and not entry.started:
             return True  # already queued: the first close sets the time
-        now = trio.current_time()
-        entry = Pending(inode, time.monotonic(), now + self.delay, int(inode.staged.size))
-        if not self.background.start(self._upload_later, entry):
+        new = Pending(inode, time.monotonic(), trio.current_time() + self.delay,
+                      int(inode.staged.size))
+        if not self.background.start(self._upload_later, new):
             return False
-        self.backlog[inode.ino] = entry
-        self.queued_bytes += entry.size
+        if entry is not None:  # its upload runs; what was written since needs one more
+            self.queued_bytes -= entry.size
+        self.backlog[inode.ino] = new
+        self.queued_bytes += new.size
         if self.queued_bytes > self.files.space.budget // 2:
             # Staged data waiting would crowd out new writes (budget.py): upload it all now.
             for waiting in self.backlog.values():

@@ -16,6 +16,7 @@ import urllib.request
 
 from helpers import Mount, bucket_objects, check_log, free_port, is_mounted, test_env
 from test_crash import close_quietly, daemon_pid, kill_daemon
+from test_faults import QUICK
 
 CONFLICT = "was changed in the bucket by another client"  # files.py, as in the default mode
 BACKGROUND_CONFLICT = "background upload met a change by another client"  # writeback.py
@@ -117,8 +118,10 @@ def test_unmount_drains_the_backlog(make_mount, s3_client, bucket):
     expected["big.bin"] = big
     os.chmod(m.path / "d" / "f00", 0o600)
     assert keys(s3_client, bucket) <= {"d/"}  # nothing uploaded yet but the directory
+    time.sleep(1.5)
     backlog = status(m)["writeback"]
     assert backlog["files"] == 21 and backlog["bytes"] >= len(big), backlog
+    assert backlog["oldest_age"] >= 1.5, backlog
     m.stop()
     assert not is_mounted(m.path)
     objects = bucket_objects(s3_client, bucket)
@@ -248,3 +251,22 @@ def test_rename_of_a_queued_file_costs_one_put(make_mount, s3_client, bucket):
     assert not list((m.cache_dir / "staging").glob("*.json"))  # the replaced one's too
     m.remount()
     assert os.listdir(m.path) == ["final"]
+
+
+def test_a_failed_background_upload_is_logged_and_retried(proxy, make_mount, s3_client, bucket):
+    m = make_mount(bucket, *QUICK, "--write-back=1", endpoint=proxy.endpoint)
+    m.expect("its background upload failed", count=1)
+    m.expect("still cannot upload f.bin", at_least=0)  # if the endpoint is still down
+    data = os.urandom(50_000)
+    f = open(m.path / "f.bin", "wb")  # noqa: SIM115 - closed with the endpoint down
+    f.write(data)
+    proxy.down()
+    f.close()  # no error: the upload has not been tried yet
+    wait_for(lambda: "its background upload failed" in m.log_text())
+    assert "f.bin" not in keys(s3_client, bucket)
+    assert list((m.cache_dir / "staging").glob("*.json"))  # still journaled
+    proxy.up()
+    wait_for(lambda: "f.bin" in keys(s3_client, bucket))
+    assert s3_client.get_object(Bucket=bucket, Key="f.bin")["Body"].read() == data
+    wait_for(lambda: "uploaded f.bin after an earlier failure" in m.log_text())
+    proxy.clear()
