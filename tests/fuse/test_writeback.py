@@ -207,7 +207,7 @@ def test_attribute_changes_before_the_upload_ride_in_its_put(make_mount, s3_clie
 
 def test_conflict_in_the_background_is_logged_and_shown(make_mount, s3_client, bucket):
     s3_client.put_object(Bucket=bucket, Key="doc.txt", Body=b"v1")
-    m = make_mount(bucket, "--write-back=4")
+    m = make_mount(bucket, "--write-back=8")
     m.expect(CONFLICT, count=2)
     m.expect(BACKGROUND_CONFLICT, count=2)
     with open(m.path / "doc.txt", "r+b") as f:
