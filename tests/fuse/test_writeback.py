@@ -270,3 +270,13 @@ def test_a_failed_background_upload_is_logged_and_retried(proxy, make_mount, s3_
     assert s3_client.get_object(Bucket=bucket, Key="f.bin")["Body"].read() == data
     wait_for(lambda: "uploaded f.bin after an earlier failure" in m.log_text())
     proxy.clear()
+
+
+def test_a_backlog_past_half_the_cache_budget_uploads_at_once(make_mount, s3_client, bucket):
+    m = make_mount(bucket, "--write-back=600", "--cache-size", "64M")
+    bodies = {f"f{i}": os.urandom(8 * 1024 * 1024) for i in range(5)}  # 40 MiB > 32 MiB
+    for name, body in bodies.items():
+        (m.path / name).write_bytes(body)
+    wait_for(lambda: keys(s3_client, bucket) == set(bodies))  # long before the 600 s
+    wait_for(lambda: status(m)["writeback"]["files"] == 0)
+    assert bucket_objects(s3_client, bucket) == bodies
