@@ -52,6 +52,9 @@ FILE_ONLY_KEYS = {"bucket", "prefix", "mountpoint", "access_key_id", "secret_acc
 NOT_OPTIONS = {"source", "mountpoint", "options", "help", "version"}
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off"}
+# Options whose value may be left out (`--write-back`, `-o write_back`): then their `const`.
+OPTIONAL_VALUE = {"write_back"}
+WRITE_BACK_DELAY = 5.0  # seconds from close(2) to the upload with a bare --write-back
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
@@ -166,6 +169,12 @@ def build_parser() -> Parser:
     p.add_argument("--request-path", choices=("lean", "boto3"), default="lean",
                    help="lean: HEAD, ranged GET and LIST skip boto3's per-call work (about a "
                    "third of its CPU), when the options allow; boto3: every request via boto3")
+    p.add_argument("--write-back", type=positive(float), nargs="?", const=WRITE_BACK_DELAY,
+                   default=None, metavar="DELAY",
+                   help="close(2) returns once the data is staged and journaled on the cache "
+                   "disk; the upload follows DELAY seconds later, in the background (default "
+                   f"{WRITE_BACK_DELAY:g}; give it as --write-back=DELAY).  fsync(2) still uploads "
+                   "at once; unmount and SIGTERM upload everything first")
     p.add_argument("--connect-timeout", type=positive(float, nonzero=True), default=10.0,
                    help="seconds to wait for a connection to the endpoint")
     p.add_argument("--read-timeout", type=positive(float, nonzero=True), default=60.0,
@@ -229,6 +238,9 @@ def apply_options(args: argparse.Namespace, parser: Parser) -> None:
                 if eq:
                     raise ConfigError(f"-o {name} takes no value", status=2)
                 setattr(args, name, True)
+                continue
+            if not eq and name in OPTIONAL_VALUE:
+                setattr(args, name, action.const)
                 continue
             if not eq:
                 raise ConfigError(f"-o {name} needs a value, as in -o {name}=...", status=2)
@@ -307,6 +319,11 @@ def load_config_file(path: str, parser: Parser) -> FileConfig:
                 raise ConfigError(f"{where}: {raw} is true or false, not {value!r}", status=2)
             found.defaults[name] = word in TRUE_WORDS
             continue
+        if name in OPTIONAL_VALUE and (value or "true").lower() in TRUE_WORDS | FALSE_WORDS \
+                and not (value or "").isdigit():  # `write_back = 2` is a delay, not "true"
+            found.defaults[name] = action.const if (value or "true").lower() in TRUE_WORDS \
+                else None
+            continue
         if value is None:
             raise ConfigError(f"{where}: {raw} needs a value, as in {raw} = ...", status=2)
         found.defaults[name] = convert(action, name, value, where)
@@ -364,6 +381,8 @@ def make_config(argv: list[str]) -> MountConfig:
     file = load_config_file(path, parser) if path else None
     if file:
         parser.set_defaults(**file.defaults)
+    # A bare --write-back never takes the next word (the bucket) as its delay.
+    argv = [f"--write-back={WRITE_BACK_DELAY}" if a == "--write-back" else a for a in argv]
     args = parser.parse_args(argv)
     apply_options(args, parser)
     args.source = args.source or (file.source if file else None)
@@ -413,7 +432,8 @@ def make_config(argv: list[str]) -> MountConfig:
         verify_ssl=not args.no_verify_ssl, metrics_port=args.metrics_port,
         conditional_writes=not args.no_conditional_writes, trust_listings=args.trust_listings,
         connect_timeout=args.connect_timeout, read_timeout=args.read_timeout,
-        request_path=args.request_path, max_attempts=max(1, args.max_attempts),
+        request_path=args.request_path, write_back=args.write_back,
+        max_attempts=max(1, args.max_attempts),
         sse=args.sse,
         sse_kms_key_id=args.sse_kms_key_id, sse_customer_key=sse_key,
         storage_class=args.storage_class, requester_pays=args.requester_pays,

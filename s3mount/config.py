@@ -67,6 +67,7 @@ class MountConfig:
     proxy: str | None = None  # http(s) proxy URL for every request
     checksum: str = "off"  # "sha256" or "crc32c": x-amz-checksum-* on every upload
     request_path: str = "lean"  # "boto3": every request through boto3 (see lean.py)
+    write_back: float | None = None  # seconds from close(2) to the upload; None: at close
 
     def cache_budget(self) -> int:
         """Bytes the block cache may hold: the option, or a share of the disk that never

@@ -36,6 +36,7 @@ from s3mount.store import (
     PosixAttrs,
     encode_attrs,
 )
+from s3mount.writeback import WriteBack
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class Filesystem:
         self.handles = handles
         self.renames = Renamer(config, store, table, files, handles)
         self.meta = Metadata(store, table, namespace, files)
+        self.writeback = None if config.write_back is None else WriteBack(
+            files, table, files.background, config.write_back, files.uploader.concurrency)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -161,6 +164,8 @@ class Filesystem:
             self.table.detach(inode)
             if inode.etag is not None:
                 await self.store.delete(key)
+        if not inode.opens:  # a closed file waiting for write-back: its journal goes too
+            await self.files.drop_clean(inode)
 
     async def symlink(self, parent_ino: int, raw: bytes, target: bytes, uid: int,
                       gid: int) -> Inode:
@@ -326,6 +331,8 @@ class Filesystem:
             if dst is not None and dst.is_dir and dst.has_marker and not src.has_marker:
                 await self.store.delete(new_key + "/")
             self.table.move(src, dst_dir.ino, new_name)
+        if dst is not None and not dst.opens:  # as for unlink
+            await self.files.drop_clean(dst)
         self.ns.forget_negative(dst_dir, new_name)
         await self.renames.journal_tree(src)
 
@@ -390,14 +397,19 @@ class Filesystem:
         handle.wrote = True
         return await self.files.write(self.inode(handle.ino), offset, data)
 
+    def _upload_later(self, inode: Inode) -> bool:
+        """With --write-back, queue the file's upload instead of committing it now."""
+        return self.writeback is not None and self.writeback.schedule(inode)
+
     async def flush(self, fh: int) -> None:
-        """The commit point of close(2): the data is in the bucket when this returns."""
+        """The commit point of close(2): the data is in the bucket when this returns (with
+        --write-back: staged and journaled, its upload queued)."""
         handle = self.handles.file(fh)
         if handle.error is not None:
             error, handle.error = handle.error, None
             raise error
-        if handle.wrote:  # a reader's close never fails for another writer's upload
-            await self.files.commit(self.inode(handle.ino))
+        if handle.wrote and not self._upload_later(self.inode(handle.ino)):
+            await self.files.commit(self.inode(handle.ino))  # a reader's close never fails
 
     async def fsync(self, fh: int) -> None:
         """fsync(2) on any handle puts the file's data in the bucket."""
@@ -410,7 +422,8 @@ class Filesystem:
         inode.opens -= 1
         if inode.opens == 0:
             try:
-                await self.files.commit(inode)
+                if not self._upload_later(inode):
+                    await self.files.commit(inode)
             except errors.Stale:
                 pass  # another client's change: ours went to a conflict key, already logged
             except errors.FsError as exc:
@@ -422,6 +435,8 @@ class Filesystem:
 
     async def commit_all(self) -> int:
         """Upload every dirty file (unmount, SIGTERM); returns how many could not be."""
+        if self.writeback is not None:
+            await self.writeback.drain()  # in parallel; what fails is tried once more below
         failed = await self.files.commit_all(self.table.all())
         for inode, exc in failed:
             log.error("could not upload %s: %s", self.table.key(inode), exc)

@@ -122,6 +122,9 @@ class Monitor:
             "files": {"inodes": len(inodes), "open": sum(i.opens for i in inodes),
                       "dirty": files, "dirty_bytes": size},
         }
+        writeback = getattr(fs, "writeback", None)
+        if writeback is not None:
+            out["writeback"] = writeback.stats()
         if self.state == "stopping":
             left_files, left_bytes = self.progress()
             out["stop"] = {"files_left": left_files, "bytes_left": left_bytes}
@@ -195,6 +198,16 @@ def prometheus(snap: dict[str, Any]) -> str:
     metric("s3mount_dirty_bytes", "gauge", "Bytes of files not yet uploaded.",
            [("", files["dirty_bytes"])])
     metric("s3mount_open_files", "gauge", "Open file handles.", [("", files["open"])])
+    if "writeback" in snap:
+        wb = snap["writeback"]
+        metric("s3mount_writeback_files", "gauge", "Closed files waiting for their upload.",
+               [("", wb["files"])])
+        metric("s3mount_writeback_bytes", "gauge", "Bytes of those files.", [("", wb["bytes"])])
+        metric("s3mount_writeback_oldest_age_seconds", "gauge",
+               "How long the oldest of them has waited.", [("", wb["oldest_age"])])
+        metric("s3mount_writeback_conflicts_total", "counter", "Background uploads that met "
+               "another client's change (ours kept under a conflict name).",
+               [("", wb["conflicts"])])
     return "\n".join(lines) + "\n"
 
 
@@ -318,6 +331,12 @@ def render(snap: dict[str, Any]) -> str:
         f"  errors:     {s3['errors']}" + (f" (last: {s3['last_error']})"
                                            if s3["last_error"] else ""),
     ]
+    if "writeback" in snap:
+        wb = snap["writeback"]
+        lines.append(f"  write-back: {wb['files']} files ({human_bytes(wb['bytes'])}) waiting, "
+                     f"oldest {wb['oldest_age']:.1f} s, after {wb['delay']:g} s; "
+                     f"{wb['conflicts']} conflicts"
+                     + (f" (last: {wb['last_conflict']})" if wb["last_conflict"] else ""))
     if "stop" in snap:
         lines.append(f"  stopping:   {snap['stop']['files_left']} files, "
                      f"{human_bytes(snap['stop']['bytes_left'])} left to upload")

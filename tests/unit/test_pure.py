@@ -583,6 +583,36 @@ def test_o_bad_option_raises_usage_error(tmp_path, option):
     assert "\n" not in str(exc.value)
 
 
+@pytest.mark.parametrize(("argv", "delay"), [
+    ([], None),
+    (["--write-back"], cli.WRITE_BACK_DELAY),  # never takes the bucket as its delay
+    (["--write-back=2.5"], 2.5),
+    (["--write-back=0"], 0.0),
+    (["-o", "write_back"], cli.WRITE_BACK_DELAY),
+    (["-o", "ro,write_back=30"], 30.0),
+])
+def test_write_back_with_or_without_a_delay(tmp_path, argv, delay):
+    assert cli.make_config([*argv, "bkt", str(tmp_path)]).write_back == delay
+
+
+@pytest.mark.parametrize(("line", "delay"), [
+    ("write_back", cli.WRITE_BACK_DELAY), ("write-back = true", cli.WRITE_BACK_DELAY),
+    ("write_back = 1", 1.0), ("write_back = 12.5", 12.5), ("write_back = off", None),
+])
+def test_write_back_in_a_config_file(tmp_path, line, delay):
+    conf = tmp_path / "m.conf"
+    conf.write_text(f"{line}\n")
+    assert cli.make_config(["--config", str(conf), "bkt", str(tmp_path)]).write_back == delay
+
+
+@pytest.mark.parametrize("argv", [["--write-back=-1"], ["--write-back=soon"],
+                                  ["-o", "write_back=nan"]])
+def test_write_back_bad_delay_is_a_usage_error(tmp_path, argv):
+    with pytest.raises(ConfigError) as exc:
+        cli.make_config([*argv, "bkt", str(tmp_path)])
+    assert exc.value.status == 2
+
+
 def test_o_unknown_option_names_it(tmp_path):
     with pytest.raises(ConfigError, match="nosuchoption"):
         cli.make_config(["-o", "ro,nosuchoption", "bkt", str(tmp_path)])
