@@ -20,8 +20,10 @@ from faultproxy import FaultProxy  # noqa: E402
 from helpers import MotoServer, SeaweedServer  # noqa: E402
 
 SERVERS = ("moto", "seaweedfs")
-# ... and these also on SeaweedFS with SigV2, which it verifies: `[seaweedfs-sigv2]`.
-SIGV2_MATRIX = {"test_programs"}
+# ... and these real programs also on SeaweedFS with SigV2, which it verifies:
+# `[seaweedfs-sigv2]` (the request shapes they make between them: PUT, multipart, copy,
+# listings, HEAD and DELETE of files and directories; the rest of test_programs adds no new one).
+SIGV2_MATRIX = {"test_cp_a_tree", "test_tar_round_trip", "test_rsync_twice", "test_git"}
 SERVER_MATRIX = {"test_basics", "test_programs", "test_model", "test_crash", "test_conflicts",
                  "test_coherence", "test_fsx", "test_capabilities",
                  "test_directories", "test_file_types"}
@@ -34,7 +36,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if module in SERVER_MATRIX and "s3_server" in metafunc.fixturenames and not any(
             m.name == "parametrize" and "s3_server" in m.args[0]
             for m in metafunc.definition.iter_markers()):
-        servers = SERVERS + (("seaweedfs-sigv2",) if module in SIGV2_MATRIX else ())
+        sigv2 = module == "test_programs" and metafunc.function.__name__ in SIGV2_MATRIX
+        servers = SERVERS + (("seaweedfs-sigv2",) if sigv2 else ())
         metafunc.parametrize("s3_server", servers, indirect=True, scope="session")
 
 

@@ -296,7 +296,7 @@ def test_many_keys_in_one_directory(mounted, s3_server, bucket):
 # -- a sparse file past S3's 5 GiB single-request limits ---------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.huge  # 6 GiB written by SeaweedFS: 60-100 s, a twelfth of the suite's time budget
 def test_sparse_file_beyond_5_gib(seaweed, seaweed_bucket, make_mount):
     # On SeaweedFS, a real object store (s3rver 3.7.1, used here before, died completing the
     # 768-part upload with InternalError in this session's runs).

@@ -14,8 +14,17 @@ import sys
 import time
 import urllib.request
 
-from helpers import Mount, bucket_objects, check_log, free_port, is_mounted, test_env
-from test_crash import close_quietly, daemon_pid, kill_daemon
+from helpers import (
+    Mount,
+    bucket_objects,
+    check_log,
+    close_quietly,
+    daemon_pid,
+    free_port,
+    is_mounted,
+    test_env,
+)
+from test_crash import kill_daemon
 from test_faults import QUICK
 
 CONFLICT = "was changed in the bucket by another client"  # files.py, as in the default mode
