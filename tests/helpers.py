@@ -197,8 +197,13 @@ class Mount:
         return log.read_text() if log.exists() else ""
 
     def problems(self) -> list[str]:
-        return [line for line in self.log_text().splitlines()
-                if PROBLEM_LINE.match(line) or "Traceback" in line]
+        return problem_lines(self.log_text())
+
+
+def problem_lines(log: str) -> list[str]:
+    """The WARNING/ERROR lines and tracebacks of a daemon's log (its file, or the stderr of a
+    foreground daemon)."""
+    return [line for line in log.splitlines() if PROBLEM_LINE.match(line) or "Traceback" in line]
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import subprocess
 import time
 
 import pytest
-from helpers import Mount, bucket_objects, is_mounted, test_env
+from helpers import Mount, bucket_objects, is_mounted, log_failures, problem_lines, test_env
 
 
 def test_prefix_mount(make_mount, s3_client, bucket):
@@ -69,6 +69,7 @@ def test_foreground_sigterm_uploads_open_dirty_file(s3_server, s3_client, bucket
         assert proc.wait(60) == 0
         assert not is_mounted(m.path)
         assert bucket_objects(s3_client, bucket) == {"open.txt": b"written, not closed"}
+        assert not log_failures(problem_lines(proc.stderr.read()), [])
         try:
             f.close()
         except OSError:

@@ -22,7 +22,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from faultproxy import FaultProxy, Seen
-from helpers import ACCESS_KEY, SECRET_KEY, Mount, one_line_error, run_cli
+from helpers import ACCESS_KEY, SECRET_KEY, Mount, check_log, one_line_error, run_cli
 
 MIB = 1024 * 1024
 SSE_C_KEY = bytes(range(32))
@@ -251,6 +251,7 @@ def test_proxy(s3_server, s3_client, bucket, tmp_path):
             assert (m.path / "f").read_text() == "via the proxy"
         finally:
             m.stop()
+        assert not check_log(m)
         assert len(proxy.seen) >= 3
         assert all(s.absolute for s in proxy.seen)
     finally:

@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import Mount, free_port, is_mounted, prerequisite, test_env
+from helpers import Mount, check_log, free_port, is_mounted, prerequisite, test_env
 
 from s3mount import status
 from s3mount.mounttable import find_mount
@@ -242,6 +242,7 @@ def test_restart_after_a_crash_takes_the_dead_mount_down(s3_server, s3_client, b
         assert s3_client.get_object(Bucket=bucket, Key="after.txt")["Body"].read() == b"back"
     finally:
         again.stop()
+    assert not check_log(again)
 
 
 # -- mount(8) and fstab ------------------------------------------------------------------------
