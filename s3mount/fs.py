@@ -405,9 +405,6 @@ class Filesystem:
         """The commit point of close(2): the data is in the bucket when this returns (with
         --write-back: staged and journaled, its upload queued)."""
         handle = self.handles.file(fh)
-        if handle.error is not None:
-            error, handle.error = handle.error, None
-            raise error
         if handle.wrote and not self._upload_later(self.inode(handle.ino)):
             await self.files.commit(self.inode(handle.ino))  # a reader's close never fails
 

@@ -25,7 +25,6 @@ class FileHandle:
     flags: int
     pid: int
     wrote: bool = False
-    error: Exception | None = None  # a failed commit, reported once by flush/fsync
     etag: str | None = None  # the version this handle reads: pinned at open, never mixed
     size: int = 0
     readahead: ReadAhead | None = None  # its reads' pattern (prefetch.ReadPattern)
