@@ -20,9 +20,13 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import trio
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from s3mount import __version__
 from s3mount.mounttable import FSTYPE, PROC_MOUNTS, mount_entries
@@ -30,6 +34,7 @@ from s3mount.mounttable import FSTYPE, PROC_MOUNTS, mount_entries
 log = logging.getLogger(__name__)
 
 PEERCRED = struct.Struct("3i")  # pid, uid, gid
+LABELS = ["bucket", "mountpoint"]  # on every metric
 MAX_REQUEST = 8192
 
 
@@ -161,63 +166,76 @@ async def serve_socket(monitor: Monitor, task_status: Any = trio.TASK_STATUS_IGN
 
 
 def prometheus(snap: dict[str, Any]) -> str:
-    """The snapshot as Prometheus text exposition (version 0.0.4)."""
-    labels = (f'bucket="{_escape(snap["bucket"])}",'
-              f'mountpoint="{_escape(snap["mountpoint"])}"')
-    s3, cache, files = snap["s3"], snap["cache"], snap["files"]
-    lines = [
-        "# HELP s3mount_info The mount this s3mount serves.",
-        "# TYPE s3mount_info gauge",
-        f'''s3mount_info{{{labels},version="{snap['version']}"}} 1''',
-    ]
-
-    def metric(name: str, kind: str, text: str, samples: list[tuple[str, Any]]) -> None:
-        lines.extend([f"# HELP {name} {text}", f"# TYPE {name} {kind}"])
-        lines.extend(f"{name}{{{labels}{extra}}} {value}" for extra, value in samples)
-
-    metric("s3mount_requests_total", "counter", "S3 requests by kind.",
-           [(f',kind="{k}"', v) for k, v in sorted(s3["by_kind"].items())] or [("", 0)])
-    metric("s3mount_request_errors_total", "counter", "Failed S3 requests by kind.",
-           [(f',kind="{k}"', v) for k, v in sorted(s3["errors_by_kind"].items())] or [("", 0)])
-    metric("s3mount_received_bytes_total", "counter", "Object bytes read from S3.",
-           [("", s3["bytes_in"])])
-    metric("s3mount_sent_bytes_total", "counter", "Object bytes written to S3.",
-           [("", s3["bytes_out"])])
-    metric("s3mount_requests_in_flight", "gauge", "S3 requests under way.",
-           [("", s3["in_flight"])])
-    metric("s3mount_upload_requests_in_flight", "gauge", "Uploads (PUT, parts) under way.",
-           [("", s3["uploads_in_flight"])])
-    metric("s3mount_cache_hits_total", "counter", "Block cache hits.", [("", cache["hits"])])
-    metric("s3mount_cache_misses_total", "counter", "Block cache misses.",
-           [("", cache["misses"])])
-    metric("s3mount_cache_used_bytes", "gauge", "Bytes in the block cache.",
-           [("", cache["used_bytes"])])
-    metric("s3mount_cache_capacity_bytes", "gauge", "Block cache budget.",
-           [("", cache["capacity_bytes"])])
-    metric("s3mount_dirty_files", "gauge", "Files not yet uploaded.", [("", files["dirty"])])
-    metric("s3mount_dirty_bytes", "gauge", "Bytes of files not yet uploaded.",
-           [("", files["dirty_bytes"])])
-    metric("s3mount_open_files", "gauge", "Open file handles.", [("", files["open"])])
-    if "writeback" in snap:
-        wb = snap["writeback"]
-        metric("s3mount_writeback_files", "gauge", "Closed files waiting for their upload.",
-               [("", wb["files"])])
-        metric("s3mount_writeback_bytes", "gauge", "Bytes of those files.", [("", wb["bytes"])])
-        metric("s3mount_writeback_oldest_age_seconds", "gauge",
-               "How long the oldest of them has waited.", [("", wb["oldest_age"])])
-        metric("s3mount_writeback_conflicts_total", "counter", "Background uploads that met "
-               "another client's change (ours kept under a conflict name).",
-               [("", wb["conflicts"])])
-    return "\n".join(lines) + "\n"
+    """The snapshot as Prometheus text exposition (version 0.0.4), written by prometheus_client."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(snap))
+    return generate_latest(registry).decode()
 
 
-def _escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class SnapshotCollector(Collector):
+    """One snapshot's metrics, every sample labelled with the bucket and the mount point."""
+
+    def __init__(self, snap: dict[str, Any]) -> None:
+        self.snap = snap
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snap
+        where = [snap["bucket"], snap["mountpoint"]]
+        s3, cache, files = snap["s3"], snap["cache"], snap["files"]
+        info = GaugeMetricFamily("s3mount_info", "The mount this s3mount serves.",
+                                 labels=[*LABELS, "version"])
+        info.add_metric([*where, snap["version"]], 1)
+        yield info
+
+        def by_kind(name: str, text: str, counts: dict[str, int]) -> Metric:
+            family = CounterMetricFamily(name, text, labels=[*LABELS, "kind"])
+            for kind, value in sorted(counts.items()):
+                family.add_metric([*where, kind], value)
+            return family
+
+        def one(kind: type[Metric], name: str, text: str, value: float) -> Metric:
+            family = kind(name, text, labels=LABELS)
+            family.add_metric(where, value)
+            return family
+
+        yield by_kind("s3mount_requests", "S3 requests by kind.", s3["by_kind"])
+        yield by_kind("s3mount_request_errors", "Failed S3 requests by kind.",
+                      s3["errors_by_kind"])
+        counter, gauge = CounterMetricFamily, GaugeMetricFamily
+        yield one(counter, "s3mount_received_bytes", "Object bytes read from S3.", s3["bytes_in"])
+        yield one(counter, "s3mount_sent_bytes", "Object bytes written to S3.", s3["bytes_out"])
+        yield one(gauge, "s3mount_requests_in_flight", "S3 requests under way.",
+                  s3["in_flight"])
+        yield one(gauge, "s3mount_upload_requests_in_flight", "Uploads (PUT, parts) under way.",
+                  s3["uploads_in_flight"])
+        yield one(counter, "s3mount_cache_hits", "Block cache hits.", cache["hits"])
+        yield one(counter, "s3mount_cache_misses", "Block cache misses.", cache["misses"])
+        yield one(gauge, "s3mount_cache_used_bytes", "Bytes in the block cache.",
+                  cache["used_bytes"])
+        yield one(gauge, "s3mount_cache_capacity_bytes", "Block cache budget.",
+                  cache["capacity_bytes"])
+        yield one(gauge, "s3mount_dirty_files", "Files not yet uploaded.", files["dirty"])
+        yield one(gauge, "s3mount_dirty_bytes", "Bytes of files not yet uploaded.",
+                  files["dirty_bytes"])
+        yield one(gauge, "s3mount_open_files", "Open file handles.", files["open"])
+        if "writeback" in snap:
+            wb = snap["writeback"]
+            yield one(gauge, "s3mount_writeback_files",
+                      "Closed files waiting for their upload.", wb["files"])
+            yield one(gauge, "s3mount_writeback_bytes", "Bytes of those files.", wb["bytes"])
+            yield one(gauge, "s3mount_writeback_oldest_age_seconds",
+                      "How long the oldest of them has waited.", wb["oldest_age"])
+            yield one(counter, "s3mount_writeback_conflicts", "Background uploads that met "
+                      "another client's change (ours kept under a conflict name).",
+                      wb["conflicts"])
 
 
 async def serve_metrics(monitor: Monitor, port: int,
                         task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    """A minimal HTTP server on 127.0.0.1:port: GET /metrics answers; anything else is 404."""
+    """A minimal HTTP server on 127.0.0.1:port: GET /metrics answers; anything else is 404.
+
+    prometheus_client writes the text; its own HTTP server is not used because it answers from
+    a thread of its own, and the snapshot must be read on the trio thread, between awaits."""
     try:
         listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
     except OSError as exc:

@@ -21,6 +21,7 @@ from pathlib import Path
 import boto3
 import pytest
 from botocore.config import Config
+from prometheus_client.parser import text_string_to_metric_families
 
 from s3mount.mounttable import find_mount
 
@@ -198,6 +199,16 @@ class Mount:
 
     def problems(self) -> list[str]:
         return problem_lines(self.log_text())
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of the one sample `name` whose labels include `labels`, in Prometheus text
+    (parsed by prometheus_client's parser, so malformed text fails too)."""
+    found = [sample.value for family in text_string_to_metric_families(text)
+             for sample in family.samples
+             if sample.name == name and labels.items() <= sample.labels.items()]
+    assert len(found) == 1, (name, labels, found)
+    return found[0]
 
 
 def problem_lines(log: str) -> list[str]:

@@ -20,7 +20,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import Mount, check_log, free_port, is_mounted, prerequisite, test_env
+from helpers import (
+    Mount,
+    check_log,
+    free_port,
+    is_mounted,
+    metric,
+    prerequisite,
+    test_env,
+)
 
 from s3mount import status
 from s3mount.mounttable import find_mount
@@ -207,7 +215,7 @@ def test_status_command_and_metrics(make_mount, s3_client, bucket, tmp_path):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
             assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
             metrics = r.read().decode()
-        assert f's3mount_dirty_files{{bucket="{bucket}",mountpoint="{m.path}"}} 1' in metrics
+        assert metric(metrics, "s3mount_dirty_files", bucket=bucket, mountpoint=str(m.path)) == 1
         assert 's3mount_requests_total{' in metrics
         with pytest.raises(urllib.error.HTTPError) as exc:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=10)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import metric
 
 from s3mount import cli, mounttable, notify, status
 from s3mount.credentials import Keys, parse_passwd, read_passwd_file
@@ -358,11 +359,13 @@ def test_render_status():
 
 def test_prometheus_text():
     text = status.prometheus(SNAPSHOT)
-    assert 's3mount_requests_total{bucket="b",mountpoint="/mnt/x",kind="GET"} 7' in text
-    assert 's3mount_cache_hits_total{bucket="b",mountpoint="/mnt/x"} 9' in text
-    assert text.endswith("\n")
-    for line in text.splitlines():
-        assert line.startswith("#") or re.fullmatch(r"s3mount_\w+\{[^}]*\} \d+", line), line
+    where = {"bucket": "b", "mountpoint": "/mnt/x"}
+    assert metric(text, "s3mount_requests_total", kind="GET", **where) == 7
+    assert metric(text, "s3mount_requests_total", kind="PUT", **where) == 5
+    assert metric(text, "s3mount_cache_hits_total", **where) == 9
+    assert metric(text, "s3mount_info", version=SNAPSHOT["version"], **where) == 1
+    assert "# TYPE s3mount_requests_total counter" in text
+    assert "# TYPE s3mount_dirty_files gauge" in text
 
 
 def test_s3mount_mounts_parses_proc_mounts(tmp_path):
