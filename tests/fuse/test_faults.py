@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from helpers import bucket_objects
 
+from s3mount import status
+
 MIB = 1024 * 1024
 QUICK = ["--max-attempts", "3", "--read-timeout", "2", "--connect-timeout", "2"]
 
@@ -39,6 +41,16 @@ def read_fails_with_eio(path: Path, within: float) -> float:
     assert exc.value.errno == errno.EIO
     assert took < within
     return took
+
+
+def requests_settle(path: Path, within: float = 30) -> None:
+    """Wait until the mount at `path` has no request in flight: a read-ahead GET that started
+    during a fault may still be on its last attempt, and a read that joins it shares its
+    failure (blockcache: a joined fetch's error is not retried again)."""
+    deadline = time.monotonic() + within
+    while status.query(str(path))["s3"]["in_flight"]:
+        assert time.monotonic() < deadline, "requests still in flight"
+        time.sleep(0.1)
 
 
 @pytest.mark.parametrize("action", ["500", "503", "reset"])
@@ -104,6 +116,7 @@ def test_stalled_read_fails_in_bounded_time(via_proxy, proxy, s3_client, bucket)
     took = read_fails_with_eio(via_proxy.path / "slow.bin", within=30)
     print(f"\nFAULT stalled GET: EIO after {took:.1f} s")
     proxy.clear()
+    requests_settle(via_proxy.path)
     assert (via_proxy.path / "slow.bin").read_bytes() == b"s" * MIB  # the mount lives
 
 
@@ -134,6 +147,7 @@ def test_a_get_cut_on_every_attempt_fails_with_eio_in_bounded_time(via_proxy, pr
     print(f"\nFAULT GET cut on every attempt: EIO after {took:.1f} s, "
           f"{proxy.injected} attempts")
     proxy.clear()
+    requests_settle(via_proxy.path)
     assert (via_proxy.path / "cut.bin").read_bytes() == b"c" * MIB  # the mount lives
 
 
