@@ -73,7 +73,12 @@ def build_session(config: MountConfig) -> Any:
     core.get_component("response_parser_factory").set_parser_defaults(
         timestamp_parser=parse_timestamp)
     try:
-        return boto3.session.Session(botocore_session=core, profile_name=config.profile, **keys)
+        session = boto3.session.Session(botocore_session=core, profile_name=config.profile,
+                                        **keys)
+        # The profile is looked up here, not at the first client: a fresh session's own loader
+        # used to read the profile's config when it was made, the shared one does not.
+        core.get_scoped_config()
+        return session
     except ProfileNotFound as exc:
         raise errors.ConfigError(f"profile not found: {exc}") from None
 
