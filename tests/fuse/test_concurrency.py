@@ -352,7 +352,10 @@ def test_sixteen_processes_one_tree(mounted, s3_client, bucket):
     for r in reports:
         totals.update(r["done"])
     print(f"{WORKERS} workers, {elapsed:.1f} s: {dict(totals)}")
-    assert totals["create"] > WORKERS * 5 and totals["shared_read"] > WORKERS  # it did work
+    # It did work: every process created files, and the shared files were read.  Counts, not
+    # rates: under a loaded machine 16 processes made 69 creates in the 25 s (80 were asked).
+    assert all(r["done"].get("create", 0) >= 1 for r in reports), [r["done"] for r in reports]
+    assert totals["shared_read"] >= WORKERS
 
     # Every worker's files, exactly, and nothing else in its directory.
     files, dirs = mount_tree(root)
