@@ -88,7 +88,8 @@ class FileData:
             return
         meta = {k: v for k, v in self.metadata(inode).items() if k != "mtime"}
         fields = {"key": self.namespace.key(inode), "metadata": meta,
-                  "upload_id": staged.upload.upload_id if staged.upload else None}
+                  "upload_id": staged.upload.upload_id if staged.upload else None,
+                  "expect": staged.expect}
         if staged.journal is None or any(staged.journal.get(k) != v for k, v in fields.items()):
             await self._disk(lambda: staged.set_journal(**fields))
         if staged.unsynced and inode.ino not in self._syncing and self.background.start(
