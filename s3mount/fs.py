@@ -164,6 +164,8 @@ class Filesystem:
             await self._keep_readable(inode, locked=True)
             key = self.table.key(inode)
             self.table.detach(inode)
+            # Its crash journal goes too: a recovery must not bring back an unlinked file.
+            await self.files.journal(inode)
             if inode.etag is not None:
                 await self.store.delete(key)
 

@@ -84,3 +84,19 @@ async def test_crash_after_truncate_keeps_another_clients_version(store, make_fs
     assert store.body("f") == b"theirs"
     conflicts = [k for k in store.objects if k.startswith("f.s3mount-conflict-")]
     assert [store.body(k) for k in conflicts] == [b"new"]
+
+
+async def test_file_unlinked_while_open_stays_gone_after_a_crash(store, make_fs):
+    """A new file, written, unlinked while still open, then a crash: its crash journal
+    stayed, and recovery uploaded the unlinked file under its old name."""
+    fs = make_fs()
+    handle, inode = await fs.create(ROOT_INODE, b"f", 0o644, os.O_RDWR | os.O_CREAT, PID, UID,
+                                    GID)
+    fs.remember(inode)
+    await fs.write(handle.fh, 0, b"scratch")
+    await fs.unlink(ROOT_INODE, b"f")
+    assert await fs.read(handle.fh, 0, 100) == b"scratch"  # still readable while open
+    del fs
+
+    await recover(make_fs())
+    assert store.objects == {}
