@@ -82,6 +82,7 @@ class Faults:
     def __init__(self) -> None:
         self.rules: list[Rule] = []
         self.fired: list[tuple[str, str, str]] = []  # (kind, op, key) of every fault injected
+        self.holds: list[Hold] = []
 
     def _add(self, rule: Rule) -> Rule:
         self.rules.append(rule)
@@ -101,12 +102,14 @@ class Faults:
     def hold(self, op: str | None = None, key: str | None = None, times: int | None = 1) -> Hold:
         gate = Hold()
         self._add(Rule(op, key, "hold", times=times, hold=gate))
+        self.holds.append(gate)
         return gate
 
     def clear(self) -> None:
-        for rule in self.rules:
-            if rule.hold is not None:
-                rule.hold.release()
+        """Remove every rule, and release every call held (those waiting included)."""
+        for gate in self.holds:
+            gate.release()
+        self.holds.clear()
         self.rules.clear()
 
     def take(self, op: str, key: str) -> Rule | None:
