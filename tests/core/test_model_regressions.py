@@ -11,6 +11,7 @@ import re
 import pytest
 from memstore import MemoryStore
 
+from s3mount import errors
 from s3mount.blocking import Background, Limiters
 from s3mount.config import MountConfig
 from s3mount.fs import Filesystem
@@ -100,3 +101,22 @@ async def test_file_unlinked_while_open_stays_gone_after_a_crash(store, make_fs)
 
     await recover(make_fs())
     assert store.objects == {}
+
+
+async def test_unlink_deletes_a_new_file_whose_upload_answer_was_lost(store, make_fs):
+    """A new file's PUT lands but its answer is lost (a timeout): the file stays dirty with no
+    ETag, so unlink sent no DELETE and the file came back in the next listing."""
+    fs = make_fs()
+    handle, inode = await fs.create(ROOT_INODE, b"f", 0o644, os.O_RDWR | os.O_CREAT, PID, UID,
+                                    GID)
+    fs.remember(inode)
+    await fs.write(handle.fh, 0, b"data")
+    store.faults.lose_reply("put", "f")
+    with pytest.raises(errors.RemoteIO):
+        await fs.fsync(handle.fh)
+    assert store.body("f") == b"data"  # it landed
+    await fs.unlink(ROOT_INODE, b"f")
+    await fs.release(handle.fh)
+    assert store.objects == {}
+    with pytest.raises(errors.NotFound):
+        await fs.lookup(ROOT_INODE, b"f")
