@@ -120,3 +120,20 @@ async def test_unlink_deletes_a_new_file_whose_upload_answer_was_lost(store, mak
     assert store.objects == {}
     with pytest.raises(errors.NotFound):
         await fs.lookup(ROOT_INODE, b"f")
+
+
+async def test_retry_after_a_lost_answer_is_no_conflict_with_ourselves(store, make_fs):
+    """A PUT lands but its answer is lost (a timeout); the retry's If-Match then fails on our
+    own new version: it was taken for another client's, and ours copied to a conflict key."""
+    store.put_now("f", b"old")
+    fs = make_fs()
+    inode = fs.remember(await fs.lookup(ROOT_INODE, b"f"))
+    handle, _ = await fs.open(inode.ino, os.O_RDWR, PID)
+    await fs.write(handle.fh, 0, b"new")
+    store.faults.lose_reply("put", "f")
+    with pytest.raises(errors.RemoteIO):
+        await fs.fsync(handle.fh)
+    await fs.fsync(handle.fh)
+    await fs.release(handle.fh)
+    assert sorted(store.objects) == ["f"]
+    assert store.body("f") == b"new"
