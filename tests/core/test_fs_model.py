@@ -623,16 +623,17 @@ class FilesystemModel(RuleBasedStateMachine):
         handles = [h for h in self.handles if h.file.theirs is None and h.file.path is not None]
         return data.draw(st.sampled_from(handles)) if handles else None
 
-    # "lose" (the upload landed, its answer lost) is left out for now: the retry's conditional
-    # write then meets our own landed version and reports ESTALE (see the report of issue 15).
-    @rule(data=st.data(), kind=st.sampled_from(["fail"]))
+    # A lost answer ("lose") only on single PUTs: a multipart completion whose answer was lost
+    # is not recognised by its retry yet (see the report of issue 15).
+    @rule(data=st.data(), kind=st.sampled_from(["fail", "lose"]))
     def fsync_with_fault(self, data: st.DataObject, kind: str) -> None:
         """An upload call fails, or lands with its answer lost: fsync says EIO or succeeds, and
         a later commit puts exactly our bytes in the bucket, with no conflict with ourselves."""
         h = self.pick_uncontested(data)
         if h is None:
             return
-        self.arm(kind, ("put", "upload_part", "complete_multipart"))
+        self.arm(kind, ("put",) if kind == "lose" else ("put", "upload_part",
+                                                         "complete_multipart"))
         try:
             got = self.call(self.fs.fsync, h.fh)
         finally:
