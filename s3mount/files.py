@@ -88,7 +88,8 @@ class FileData:
             return
         meta = {k: v for k, v in self.metadata(inode).items() if k != "mtime"}
         fields = {"key": self.namespace.key(inode), "metadata": meta,
-                  "upload_id": staged.upload.upload_id if staged.upload else None}
+                  "upload_id": staged.upload.upload_id if staged.upload else None,
+                  "expect": staged.expect}
         if staged.journal is None or any(staged.journal.get(k) != v for k, v in fields.items()):
             await self._disk(lambda: staged.set_journal(**fields))
         if staged.unsynced and inode.ino not in self._syncing and self.background.start(
@@ -232,6 +233,7 @@ class FileData:
         key = self.namespace.key(inode)
         expect = staged.expect if self.conditional else None
         conflict: Stale | None = None
+        md5: str | None = None
         try:
             if staged.upload is None and staged.size <= self.uploader.single_put_limit:
                 await self._fill_gaps(inode, staged, 0, staged.size)
@@ -244,10 +246,14 @@ class FileData:
             else:
                 etag = await self._commit_multipart(inode, staged, key, expect)
         except Stale:
-            if not staged.sent:
+            landed = await self._our_version(key, md5)
+            if landed is not None:
+                etag = landed
+            elif not staged.sent:
                 await self._keep_as_conflict(inode, staged, key)
                 raise
-            etag, conflict = await self._overrule_conflict(inode, staged, key)
+            else:
+                etag, conflict = await self._overrule_conflict(inode, staged, key)
         staged.committed(etag)
         await self._disk(staged.forget_journal)
         inode.etag, inode.size = etag, staged.size
@@ -256,6 +262,15 @@ class FileData:
         log.debug("committed %s (%d bytes)", key, staged.size)
         if conflict is not None:
             raise conflict
+
+    async def _our_version(self, key: str, md5: str | None) -> str | None:
+        """The object's ETag when it already holds exactly the bytes of this PUT: an earlier
+        try landed with its answer lost (a timeout), and the condition of this one then
+        failed on our own version, which is no conflict."""
+        if md5 is None:
+            return None
+        found = await self.store.head(key)
+        return found.etag if found is not None and found.etag == md5 else None
 
     async def settle(self, inode: Inode) -> None:
         """Commit a file some of whose bytes are only in its unfinished upload, so they can be

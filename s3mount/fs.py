@@ -161,11 +161,29 @@ class Filesystem:
         async with self.files.lock(inode):
             await self.files.keep_readable(inode, locked=True)
             key = self.table.key(inode)
+            landed = self._upload_maybe_landed(inode)
             self.table.detach(inode)
+            # Its crash journal goes too: a recovery must not bring back an unlinked file.
+            await self.files.journal(inode)
             if inode.etag is not None:
                 await self.store.delete(key)
+            elif landed is not None:
+                found = await self.store.head(key)
+                if found is not None and found.etag == landed:
+                    await self.store.delete(key)
         if not inode.opens:  # a closed file waiting for write-back: its journal goes too
             await self.files.drop_clean(inode)
+
+    @staticmethod
+    def _upload_maybe_landed(inode: Inode) -> str | None:
+        """The ETag of an upload of a new file that failed with no answer (a timeout): it may
+        have landed all the same, and an unlink must then delete it too (only that version:
+        anything else at the key is another client's)."""
+        staged = inode.staged
+        if staged is None or staged.journal is None:
+            return None
+        completing = staged.journal.get("completing") or {}
+        return completing.get("etag")
 
     async def symlink(self, parent_ino: int, raw: bytes, target: bytes, uid: int,
                       gid: int) -> Inode:

@@ -176,7 +176,10 @@ class Recovery:
             except FsError:
                 pass  # already gone
         base = state.get("base_etag")
-        if base is None:
+        # The version ours replaces: the base, or for a file truncated to nothing the version
+        # it was truncated from (journals of older mounts name only the base).
+        replaces = state.get("expect", base or EXPECT_ABSENT)
+        if replaces == EXPECT_ABSENT:
             changed = remote is not None and not (
                 size <= self.uploader.single_put_limit
                 and remote.etag == file_md5(data_path, size))
@@ -184,7 +187,7 @@ class Recovery:
                 log.info("%s was already uploaded before the crash", key)
                 return False
         else:
-            changed = remote is None or remote.etag != base
+            changed = remote is None or remote.etag != replaces
         held = sorted(replayed.present + [tuple(e) for e in state.get("sent", [])])
         gaps = missing_ranges(held, 0, min(replayed.base_valid, size)) if base else []
         if gaps and changed:
@@ -208,7 +211,7 @@ class Recovery:
         if not changed:
             if size <= self.uploader.single_put_limit:
                 await completing(file_md5(data_path, size))
-            expect = (base or EXPECT_ABSENT) if self.conditional else None
+            expect = replaces if self.conditional else None
             try:  # only over the version ours was based on: anything newer is someone else's
                 await self.uploader.upload(key, data_path, size, metadata, expect, completing)
                 log.info("finished the interrupted upload of %s (%d bytes)", key, size)
