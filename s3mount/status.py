@@ -181,7 +181,7 @@ class SnapshotCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         snap = self.snap
         where = [snap["bucket"], snap["mountpoint"]]
-        s3, cache, files = snap["s3"], snap["cache"], snap["files"]
+        s3 = snap["s3"]
         info = GaugeMetricFamily("s3mount_info", "The mount this s3mount serves.",
                                  labels=[*LABELS, "version"])
         info.add_metric([*where, snap["version"]], 1)
@@ -193,41 +193,39 @@ class SnapshotCollector(Collector):
                 family.add_metric([*where, kind], value)
             return family
 
-        def one(kind: type[Metric], name: str, text: str, value: float) -> Metric:
-            family = kind(name, text, labels=LABELS)
-            family.add_metric(where, value)
-            return family
-
         yield by_kind("s3mount_requests", "S3 requests by kind.", s3["by_kind"])
         yield by_kind("s3mount_request_errors", "Failed S3 requests by kind.",
                       s3["errors_by_kind"])
-        counter, gauge = CounterMetricFamily, GaugeMetricFamily
-        yield one(counter, "s3mount_received_bytes", "Object bytes read from S3.", s3["bytes_in"])
-        yield one(counter, "s3mount_sent_bytes", "Object bytes written to S3.", s3["bytes_out"])
-        yield one(gauge, "s3mount_requests_in_flight", "S3 requests under way.",
-                  s3["in_flight"])
-        yield one(gauge, "s3mount_upload_requests_in_flight", "Uploads (PUT, parts) under way.",
-                  s3["uploads_in_flight"])
-        yield one(counter, "s3mount_cache_hits", "Block cache hits.", cache["hits"])
-        yield one(counter, "s3mount_cache_misses", "Block cache misses.", cache["misses"])
-        yield one(gauge, "s3mount_cache_used_bytes", "Bytes in the block cache.",
-                  cache["used_bytes"])
-        yield one(gauge, "s3mount_cache_capacity_bytes", "Block cache budget.",
-                  cache["capacity_bytes"])
-        yield one(gauge, "s3mount_dirty_files", "Files not yet uploaded.", files["dirty"])
-        yield one(gauge, "s3mount_dirty_bytes", "Bytes of files not yet uploaded.",
-                  files["dirty_bytes"])
-        yield one(gauge, "s3mount_open_files", "Open file handles.", files["open"])
-        if "writeback" in snap:
-            wb = snap["writeback"]
-            yield one(gauge, "s3mount_writeback_files",
-                      "Closed files waiting for their upload.", wb["files"])
-            yield one(gauge, "s3mount_writeback_bytes", "Bytes of those files.", wb["bytes"])
-            yield one(gauge, "s3mount_writeback_oldest_age_seconds",
-                      "How long the oldest of them has waited.", wb["oldest_age"])
-            yield one(counter, "s3mount_writeback_conflicts", "Background uploads that met "
-                      "another client's change (ours kept under a conflict name).",
-                      wb["conflicts"])
+        for kind, name, text, section, field in METRICS:
+            if section in snap:
+                family = kind(name, text, labels=LABELS)
+                family.add_metric(where, snap[section][field])
+                yield family
+
+
+_C, _G = CounterMetricFamily, GaugeMetricFamily
+# (family, name, help, snapshot section, field): one sample each, labelled with the mount.
+METRICS: list[tuple[type[Metric], str, str, str, str]] = [
+    (_C, "s3mount_received_bytes", "Object bytes read from S3.", "s3", "bytes_in"),
+    (_C, "s3mount_sent_bytes", "Object bytes written to S3.", "s3", "bytes_out"),
+    (_G, "s3mount_requests_in_flight", "S3 requests under way.", "s3", "in_flight"),
+    (_G, "s3mount_upload_requests_in_flight", "Uploads (PUT, parts) under way.", "s3",
+     "uploads_in_flight"),
+    (_C, "s3mount_cache_hits", "Block cache hits.", "cache", "hits"),
+    (_C, "s3mount_cache_misses", "Block cache misses.", "cache", "misses"),
+    (_G, "s3mount_cache_used_bytes", "Bytes in the block cache.", "cache", "used_bytes"),
+    (_G, "s3mount_cache_capacity_bytes", "Block cache budget.", "cache", "capacity_bytes"),
+    (_G, "s3mount_dirty_files", "Files not yet uploaded.", "files", "dirty"),
+    (_G, "s3mount_dirty_bytes", "Bytes of files not yet uploaded.", "files", "dirty_bytes"),
+    (_G, "s3mount_open_files", "Open file handles.", "files", "open"),
+    (_G, "s3mount_writeback_files", "Closed files waiting for their upload.", "writeback",
+     "files"),
+    (_G, "s3mount_writeback_bytes", "Bytes of those files.", "writeback", "bytes"),
+    (_G, "s3mount_writeback_oldest_age_seconds", "How long the oldest of them has waited.",
+     "writeback", "oldest_age"),
+    (_C, "s3mount_writeback_conflicts", "Background uploads that met another client's change "
+     "(ours kept under a conflict name).", "writeback", "conflicts"),
+]
 
 
 async def serve_metrics(monitor: Monitor, port: int,

@@ -3,6 +3,7 @@ line, and running that command line."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -209,6 +210,14 @@ def metric(text: str, name: str, **labels: str) -> float:
              if sample.name == name and labels.items() <= sample.labels.items()]
     assert len(found) == 1, (name, labels, found)
     return found[0]
+
+
+def logged_problems(caplog, expected: re.Pattern[str] | None = None) -> list[str]:
+    """WARNING-or-worse records s3mount logged during a test's call (core tier, in-process),
+    but for those whose message `expected` matches."""
+    return [f"{r.levelname} {r.name}: {r.getMessage()}" for r in caplog.get_records("call")
+            if r.name.startswith("s3mount") and r.levelno >= logging.WARNING
+            and not (expected and expected.search(r.getMessage()))]
 
 
 def problem_lines(log: str) -> list[str]:

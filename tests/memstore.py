@@ -239,13 +239,18 @@ class MemoryStore:
                 objects.append(ObjectInfo(key, len(obj.body), obj.etag, obj.mtime, None))
         return ListPage(objects, prefixes, None)
 
-    async def get_range(self, key: str, start: int, end: int, etag: str | None) -> bytes:
-        rule = await self._enter("get", key)
+    def _source(self, what: str, key: str, etag: str | None) -> StoredObject:
+        """The object a GET or a copy reads, pinned to `etag` when given (If-Match)."""
         obj = self.objects.get(key)
         if obj is None:
-            raise errors.NotFound(f"GET {key}: NoSuchKey")
+            raise errors.NotFound(f"{what} {key}: NoSuchKey")
         if etag and obj.etag != etag:
-            raise errors.Stale(f"GET {key}: PreconditionFailed")
+            raise errors.Stale(f"{what} {key}: PreconditionFailed")
+        return obj
+
+    async def get_range(self, key: str, start: int, end: int, etag: str | None) -> bytes:
+        rule = await self._enter("get", key)
+        obj = self._source("GET", key, etag)
         if start >= len(obj.body) and obj.body:
             raise errors.InvalidArgument(f"GET {key}: InvalidRange")
         data = obj.body[start:end]
@@ -277,11 +282,7 @@ class MemoryStore:
     async def copy(self, src: str, dst: str, size: int, metadata: dict[str, str] | None,
                    expect: str | None = None) -> str:
         rule = await self._enter("copy", dst)
-        obj = self.objects.get(src)
-        if obj is None:
-            raise errors.NotFound(f"COPY {src}: NoSuchKey")
-        if expect and obj.etag != expect:
-            raise errors.Stale(f"COPY {src}: PreconditionFailed")
+        obj = self._source("COPY", src, expect)
         if src == dst and metadata is None:
             raise errors.RemoteIO(f"COPY {src}: InvalidRequest (a copy onto itself must "
                                   "replace its metadata)")
@@ -338,11 +339,7 @@ class MemoryStore:
     async def upload_part_copy(self, key: str, upload_id: str, number: int, source: str,
                                start: int, end: int, source_etag: str | None) -> str:
         rule = await self._enter("upload_part_copy", key)
-        obj = self.objects.get(source)
-        if obj is None:
-            raise errors.NotFound(f"PART-COPY {number} of {key}: NoSuchKey {source}")
-        if source_etag and obj.etag != source_etag:
-            raise errors.Stale(f"PART-COPY {number} of {key}: PreconditionFailed")
+        obj = self._source(f"PART-COPY {number} of {key} from", source, source_etag)
         if not 0 <= start < end <= len(obj.body):
             raise errors.InvalidArgument(f"PART-COPY {number} of {key}: InvalidRange")
         etag = self._add_part(key, upload_id, number, obj.body[start:end])

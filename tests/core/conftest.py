@@ -1,11 +1,15 @@
-"""Core-tier fixtures: the environment boto3 reads, pointed at the test server's keys only."""
+"""Core-tier fixtures: the environment boto3 reads, pointed at the test server's keys only, and
+the log check every core test gets: no WARNING or worse from s3mount, but for messages its
+module's `EXPECTED_LOG` pattern matches, or the test's `@pytest.mark.expected_log(PATTERN)`."""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 
 import pytest
-from helpers import ACCESS_KEY, REGION, SECRET_KEY
+from helpers import ACCESS_KEY, REGION, SECRET_KEY, logged_problems
 
 
 @pytest.fixture
@@ -19,3 +23,14 @@ def aws_env(monkeypatch):
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture(autouse=True)
+def no_problems_logged(caplog, request):
+    # The model test runs thousands of steps: DEBUG records would slow it (`CAPTURE_LEVEL`).
+    caplog.set_level(getattr(request.module, "CAPTURE_LEVEL", logging.DEBUG), logger="s3mount")
+    yield
+    marker = request.node.get_closest_marker("expected_log")
+    expected = re.compile(marker.args[0]) if marker else getattr(request.module, "EXPECTED_LOG",
+                                                                 None)
+    assert not logged_problems(caplog, expected)[:5]

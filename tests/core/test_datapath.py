@@ -251,6 +251,7 @@ async def test_a_failed_commit_keeps_the_upload_that_holds_dropped_parts(proxied
     assert not s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads")
 
 
+@pytest.mark.expected_log(r"was changed in the bucket by another client")
 async def test_a_conflict_over_dropped_parts_keeps_both_versions(world, s3_client, bucket):
     """Ours cannot be set aside when part of it is only in its upload: theirs goes beside."""
     fs, store = world
