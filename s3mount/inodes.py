@@ -41,6 +41,7 @@ class Inode:
     lookups: int = 0
     opens: int = 0
     unlinked: bool = False
+    meta_pending: bool = False  # attribute changes journaled, their copy to come (metaqueue.py)
     staged: Any = None  # staging.StagedFile while the data is staged locally
     kernel_etag: str | None = None  # version whose pages the kernel may still cache
     xattrs: dict[str, bytes] = field(default_factory=dict)

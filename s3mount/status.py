@@ -127,6 +127,9 @@ class Monitor:
             "files": {"inodes": len(inodes), "open": sum(i.opens for i in inodes),
                       "dirty": files, "dirty_bytes": size},
         }
+        metaq = getattr(fs, "metaq", None)
+        if metaq is not None:
+            out["metadata_pending"] = metaq.stats()
         writeback = getattr(fs, "writeback", None)
         if writeback is not None:
             out["writeback"] = writeback.stats()
