@@ -57,8 +57,12 @@ class Metadata:
         if self.rides_with_data(inode):
             await self.files.journal(inode)
             return
-        if self.queue is not None and defers(inode) and await self.queue.defer(inode, apply):
-            return
+        if self.queue is not None and defers(inode):
+            if await self.queue.defer(inode, apply):
+                return
+            if self.rides_with_data(inode):  # written while the change waited for the lock
+                await self.files.journal(inode)
+                return
         try:
             await self.store_now(inode)
         except errors.Stale:

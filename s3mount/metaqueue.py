@@ -49,13 +49,20 @@ log = logging.getLogger(__name__)
 Change = Callable[[Inode], None]
 
 
+class Unsent(errors.RemoteIO):
+    """The copy failed for want of an answer: its changes stay pending."""
+
+    def __init__(self, cause: errors.FsError) -> None:
+        super().__init__(str(cause))
+        self.errno = cause.errno
+
+
 @dataclass
 class Entry:
     inode: Inode
     etag: str  # the version the changes apply to
     record: Path
-    changes: list[Change] = field(default_factory=list)
-    wake: trio.Event = field(default_factory=trio.Event)
+    changes: list[Change] = field(default_factory=list)  # to apply again to another version
 
 
 def defers(inode: Inode) -> bool:
@@ -103,8 +110,7 @@ class MetaQueue:
         write_durably(str(path), state)
 
     async def _send_later(self, entry: Entry) -> None:
-        with trio.move_on_after(self.delay):
-            await entry.wake.wait()
+        await trio.sleep(self.delay)
         if self.pending.get(entry.inode.ino) is entry:
             try:
                 await self.flush(entry.inode)
@@ -124,8 +130,12 @@ class MetaQueue:
                 try:
                     if not carried:
                         await self._send(entry)
-                finally:
-                    await run_blocking(self.files.limiters.disk, entry.record.unlink, True)
+                except Unsent:
+                    raise  # kept, and tried again
+                except BaseException:
+                    await self._forget(inode, entry)
+                    raise
+                await self._forget(inode, entry)
 
     async def _send(self, entry: Entry) -> None:
         inode = entry.inode
@@ -135,10 +145,12 @@ class MetaQueue:
         try:
             await self._copy(inode, key, entry.etag)
             return
-        except errors.Stale:
+        except (errors.Stale, errors.NotFound):
             self.conflicts += 1
             log.info("%s changed in the bucket; applying the attribute change to the new "
                      "version", key)
+        except errors.FsError as exc:
+            self._keep(entry, exc)
         try:
             await self.ns.revalidate(inode)
             for change in entry.changes:
@@ -157,12 +169,30 @@ class MetaQueue:
             inode.staged.base_etag = inode.staged.expect = inode.etag
         self.sent += 1
 
+    def _keep(self, entry: Entry, exc: errors.FsError) -> None:
+        """The bucket did not answer: the changes stay pending, tried again after the delay
+        (or, when the mount is going, by the next mount's recovery)."""
+        inode = entry.inode
+        if inode.ino not in self.pending and self.background.start(self._send_later, entry):
+            self.pending[inode.ino] = entry
+            inode.meta_pending = True
+            log.warning("%s: its attribute change could not be stored yet (%s); trying again",
+                        self.table.key(inode), exc)
+        else:
+            log.error("%s: its attribute change could not be stored (%s); the next mount "
+                      "applies it from %s", self.table.key(inode), exc, entry.record)
+        raise Unsent(exc)
+
     async def forget(self, inode: Inode) -> None:
         """Drop the pending changes: the file was unlinked, or a rename's copy carried them."""
         entry = self.pending.pop(inode.ino, None)
         if entry is not None:
-            inode.meta_pending = False
-            await run_blocking(self.files.limiters.disk, entry.record.unlink, True)
+            await self._forget(inode, entry)
+
+    async def _forget(self, inode: Inode, entry: Entry) -> None:
+        inode.meta_pending = False
+        await run_blocking(self.files.limiters.disk, entry.record.unlink, True)
+        self.table.settle(inode)  # an inode kept only for its pending changes may go
 
     async def flush_tree(self, top: Inode) -> None:
         """Send the changes pending under a directory, before its objects are copied away."""

@@ -145,6 +145,7 @@ class Namespace:
         child = self.table.child(parent.ino, name)
         ttl = self.freshness
         if child is not None and (child.staged is not None or child.local_only or child.opens
+                                  or child.meta_pending
                                   or (child.fresh(ttl) and child.meta_known)):
             return child
         if child is None:
