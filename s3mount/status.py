@@ -358,6 +358,10 @@ def render(snap: dict[str, Any]) -> str:
                      f"oldest {wb['oldest_age']:.1f} s, after {wb['delay']:g} s; "
                      f"{wb['conflicts']} conflicts"
                      + (f" (last: {wb['last_conflict']})" if wb["last_conflict"] else ""))
+    if "metadata_pending" in snap:
+        mp = snap["metadata_pending"]
+        lines.append(f"  attributes: {mp['files']} files waiting for their copy; {mp['sent']} "
+                     f"copies sent, {mp['conflicts']} conflicts")
     if "stop" in snap:
         lines.append(f"  stopping:   {snap['stop']['files_left']} files, "
                      f"{human_bytes(snap['stop']['bytes_left'])} left to upload")
