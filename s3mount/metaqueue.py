@@ -8,20 +8,24 @@ mounts see a change within the time their own cached attributes may be old anywa
 `MetaQueue` owns `pending`, one entry a file, with the version the changes apply to (`etag`) and
 the changes themselves, to apply again to another client's version.  While an entry is pending
 the inode's `meta_pending` is set: refreshes from the bucket leave its attributes and ETag alone
-(`Namespace.refresh_from`), so a change made elsewhere is found by the copy's condition.
+(`Namespace.refresh_from`), so a change made elsewhere is found by the copy's condition, and the
+inode stays in the table (`InodeTable`) however the kernel forgets it.
 
 The copy goes at once on fsync(2), drain (unmount, SIGTERM) and a directory rename; none is sent
 when something else carries the changes: a commit of the file's data (its PUT takes the inode's
 metadata, and its data journal holds them until then), a file rename (its copy takes them), an
-unlink (they are dropped).  Every send or drop holds the file's lock, so a commit or a new change
-never interleaves with it; `pending` is changed only between awaits.
+unlink (they are dropped).  Every send, and every new change, holds the file's lock, so a commit
+or a change never interleaves with a copy; `pending` is changed only between awaits.
 
 Durability: each entry has a record, written durably (`journal.write_durably`) before the
 change returns: the key, the version, and the whole metadata.  `recover` applies the records a
-killed mount left, before the next mount serves.  A conflict (the object replaced by another
-client) follows `attrs.py`: the changes go onto their version once, logged; a second replacement
-fails with `Stale`, raised to fsync(2) or logged, and their object is left as it is.  Recovery,
-which no longer has the changes, never copies our metadata onto their version: it logs and drops.
+killed mount left, before the next mount serves.  A copy that gets no answer leaves its entry
+pending, tried again after the delay; at unmount its record stays for the next mount.  Records
+are written and removed through `run_blocking`, never on the trio loop.  A conflict (the object
+replaced by another client) follows `attrs.py`: the changes go onto their version once, logged; a
+second replacement fails with `Stale`, raised to fsync(2) or logged, and their object is left as
+it is.  Recovery, which no longer has the changes, never copies our metadata onto their version:
+it logs and drops them.
 """
 
 from __future__ import annotations
@@ -215,6 +219,10 @@ class MetaQueue:
         return {"files": len(self.pending), "sent": self.sent, "conflicts": self.conflicts}
 
 
+def without_mtime(meta: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in meta.items() if k != "mtime"}
+
+
 async def recover(records: Path, store: ObjectStore) -> int:
     """Apply the attribute changes a killed mount had journaled: one conditional copy each."""
     done = 0
@@ -229,8 +237,9 @@ async def recover(records: Path, store: ObjectStore) -> int:
             await store.copy(key, key, int(state["size"]), meta, state["etag"])
             done += 1
         except errors.Stale:
+            # Already ours when the data's recovery uploaded the file (its mtime is the data's).
             now = await store.head(key)
-            if now is None or now.metadata != meta:
+            if now is None or without_mtime(now.metadata or {}) != without_mtime(meta):
                 log.warning("%s changed in the bucket before its attribute change was stored "
                             "(chmod, chown, utime or xattr before a crash): theirs is kept", key)
         except errors.NotFound:
