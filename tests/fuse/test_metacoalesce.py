@@ -16,6 +16,7 @@ import tarfile
 import pytest
 from helpers import crashable_mount
 from test_crash import kill_daemon
+from test_faults import QUICK
 from test_metadata_races import SecondWriter, changed_in
 from test_writeback import status, wait_for
 
@@ -244,3 +245,27 @@ def test_object_that_keeps_changing_fails_fsync_with_estale(proxy, make_mount, s
     assert obj["Body"].read() == b"third one"
     assert not changed_in(obj["Metadata"], "chmod")  # their object is left as it is
     assert status(m)["metadata_pending"] == {"files": 0, "sent": 0, "conflicts": 1}
+
+
+def test_copy_without_answer_stays_journaled_and_is_sent_later(proxy, make_mount, s3_client,
+                                                               bucket):
+    s3_client.put_object(Bucket=bucket, Key="f", Body=b"data")
+    m = make_mount(bucket, *QUICK, "--metadata-ttl", "600", endpoint=proxy.endpoint)
+    m.expect("could not be stored yet", count=1)
+    m.expect("fsync: ", count=1)
+    path = m.path / "f"
+    assert os.stat(path).st_size == 4
+    os.chmod(path, 0o604)
+    proxy.check = lambda method, url, headers: (
+        (503, "SlowDown") if headers.get("x-amz-copy-source") else None)
+    with pytest.raises(OSError) as exc:
+        fsync(path)
+    proxy.check = None
+    assert exc.value.errno == errno.EIO
+    assert status(m)["metadata_pending"]["files"] == 1  # still pending, its record kept
+    assert len(list((m.cache_dir / "attrs").glob("*.json"))) == 1
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o604
+    fsync(path)
+    meta = s3_client.head_object(Bucket=bucket, Key="f")["Metadata"]
+    assert int(meta["mode"]) == stat.S_IFREG | 0o604
+    assert not list((m.cache_dir / "attrs").glob("*.json"))
