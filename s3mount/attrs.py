@@ -2,7 +2,8 @@
 
 A change goes up with the next commit of the file's data when one is due anyway (a dirty, new or
 unlinked file: the crash journal keeps it meanwhile); otherwise it is a copy of the object onto
-itself with the new metadata, never a download, or a new marker object for a directory.
+itself with the new metadata, never a download, or a new marker object for a directory; for a
+file, several changes in a row make one copy, a moment later (`metaqueue.py`).
 That copy names the version the mount knows (`CopySourceIfMatch`): when another client replaced
 the object meanwhile, the inode is refreshed from the bucket and the change applied to the new
 version, once; a second replacement fails it with `Stale` (ESTALE).  Their bytes are never taken
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from s3mount import errors
 from s3mount.files import FileData
 from s3mount.inodes import ROOT_INODE, Inode, InodeTable
+from s3mount.metaqueue import MetaQueue, defers
 from s3mount.namespace import Namespace
 from s3mount.store import DIRECTORY_CONTENT_TYPE, USER_METADATA_LIMIT, ObjectStore, metadata_size
 
@@ -31,11 +33,12 @@ Change = Callable[[Inode], None]
 
 class Metadata:
     def __init__(self, store: ObjectStore, table: InodeTable, namespace: Namespace,
-                 files: FileData) -> None:
+                 files: FileData, queue: MetaQueue | None = None) -> None:
         self.store = store
         self.table = table
         self.ns = namespace
         self.files = files
+        self.queue = queue  # None: every change is stored at once
 
     async def known(self, inode: Inode) -> Inode:
         """The inode, its user metadata (owner, times, xattrs) read from the bucket if unknown."""
@@ -54,6 +57,12 @@ class Metadata:
         if self.rides_with_data(inode):
             await self.files.journal(inode)
             return
+        if self.queue is not None and defers(inode):
+            if await self.queue.defer(inode, apply):
+                return
+            if self.rides_with_data(inode):  # written while the change waited for the lock
+                await self.files.journal(inode)
+                return
         try:
             await self.store_now(inode)
         except errors.Stale:

@@ -27,6 +27,7 @@ from s3mount.keys import (
     decode_name,
     join,
 )
+from s3mount.metaqueue import MetaQueue
 from s3mount.namespace import Namespace
 from s3mount.renaming import Renamer
 from s3mount.store import (
@@ -53,7 +54,9 @@ class Filesystem:
         self.files = files
         self.handles = handles
         self.renames = Renamer(config, store, table, files, handles)
-        self.meta = Metadata(store, table, namespace, files)
+        self.metaq = MetaQueue(store, table, namespace, files, files.background,
+                               files.staging_dir.parent / "attrs", config.metadata_ttl)
+        self.meta = Metadata(store, table, namespace, files, self.metaq)
         self.writeback = None if config.write_back is None else WriteBack(
             files, table, files.background, config.write_back, files.uploader.concurrency)
 
@@ -107,7 +110,7 @@ class Filesystem:
     async def getattr(self, ino: int) -> Inode:
         inode = self.inode(ino)
         if (ino == ROOT_INODE or inode.unlinked or inode.staged is not None or inode.local_only
-                or (inode.fresh(self.ns.freshness) and inode.meta_known)):
+                or inode.meta_pending or (inode.fresh(self.ns.freshness) and inode.meta_known)):
             return inode
         try:
             await self.ns.revalidate(inode)
@@ -171,6 +174,7 @@ class Filesystem:
                 found = await self.store.head(key)
                 if found is not None and found.etag == landed:
                     await self.store.delete(key)
+        await self.metaq.forget(inode)
         if not inode.opens:  # a closed file waiting for write-back: its journal goes too
             await self.files.drop_clean(inode)
 
@@ -339,6 +343,8 @@ class Filesystem:
                 raise errors.NotEmpty(new_name)
         new_key = join(self.table.key(dst_dir), new_name)
         await self.renames.settle_tree(src)
+        if src.is_dir:  # the copies of its objects keep the metadata they have in the bucket
+            await self.metaq.flush_tree(src)
         # The files under a directory hold still while it moves: a commit in flight lands
         # before the LIST, so it is copied; one waiting starts after the move, under the new key.
         async with self.renames.lock_tree(src) if src.is_dir else nullcontext():
@@ -349,6 +355,9 @@ class Filesystem:
             if dst is not None and dst.is_dir and dst.has_marker and not src.has_marker:
                 await self.store.delete(new_key + "/")
             self.table.move(src, dst_dir.ino, new_name)
+        await self.metaq.forget(src)  # its copy carried them
+        if dst is not None:
+            await self.metaq.forget(dst)
         if dst is not None and not dst.opens:  # as for unlink
             await self.files.drop_clean(dst)
         self.ns.forget_negative(dst_dir, new_name)
@@ -427,8 +436,10 @@ class Filesystem:
             await self.files.commit(self.inode(handle.ino))  # a reader's close never fails
 
     async def fsync(self, fh: int) -> None:
-        """fsync(2) on any handle puts the file's data in the bucket."""
-        await self.files.commit(self.inode(self.handles.file(fh).ino))
+        """fsync(2) on any handle puts the file's data and attributes in the bucket."""
+        inode = self.inode(self.handles.file(fh).ino)
+        await self.files.commit(inode)
+        await self.metaq.flush(inode)
 
     async def release(self, fh: int) -> None:
         handle = self.handles.file(fh)
@@ -452,6 +463,7 @@ class Filesystem:
         """Upload every dirty file (unmount, SIGTERM); returns how many could not be."""
         if self.writeback is not None:
             await self.writeback.drain()  # in parallel; what fails is tried once more below
+        await self.metaq.drain()
         failed = await self.files.commit_all(self.table.all())
         for inode, exc in failed:
             log.error("could not upload %s: %s", self.table.key(inode), exc)

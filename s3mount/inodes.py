@@ -41,6 +41,7 @@ class Inode:
     lookups: int = 0
     opens: int = 0
     unlinked: bool = False
+    meta_pending: bool = False  # attribute changes journaled, their copy to come (metaqueue.py)
     staged: Any = None  # staging.StagedFile while the data is staged locally
     kernel_etag: str | None = None  # version whose pages the kernel may still cache
     xattrs: dict[str, bytes] = field(default_factory=dict)
@@ -170,9 +171,9 @@ class InodeTable:
     def _drop_if_unused(self, inode: Inode) -> None:
         if inode.ino == ROOT_INODE or inode.lookups > 0 or inode.opens > 0:
             return
-        if not inode.unlinked and (inode.dirty or self._children.get(inode.ino) or (
-                inode.local_only and inode.staged is not None)):
-            return  # dirty data, a new file not uploaded yet, or children naming this parent
+        if not inode.unlinked and (inode.dirty or inode.meta_pending or self._children.get(
+                inode.ino) or (inode.local_only and inode.staged is not None)):
+            return  # dirty data or attributes, a new file not uploaded yet, or children
         if not inode.unlinked:
             siblings = self._children.get(inode.parent, {})
             if siblings.get(inode.name) == inode.ino:

@@ -21,7 +21,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from s3mount import malloc_tuning, probing, status
+from s3mount import malloc_tuning, metaqueue, probing, status
 from s3mount.attrcache import RememberingStore
 from s3mount.blockcache import BlockCache
 from s3mount.capabilities import Capabilities
@@ -122,6 +122,9 @@ def recover(config: MountConfig, fs: Filesystem) -> None:
     staging = config.cache_path() / "staging"
     outcome = trio.run(Recovery(staging, fs.store, fs.files.uploader,
                                 fs.files.conditional).run)
+    # After the data: a record whose file was also being written applies to the version the
+    # data's recovery put in place, and finds it already carries the change.
+    trio.run(metaqueue.recover, config.cache_path() / "attrs", fs.store)
     if outcome.recovered or outcome.kept:
         log.info("recovery after a crash: %d files uploaded (%d under conflict keys), "
                  "%d kept staged", outcome.recovered, outcome.conflicts, outcome.kept)

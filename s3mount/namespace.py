@@ -82,8 +82,8 @@ class Namespace:
         inode.fetched_at = time.monotonic()
         if info is None:
             return
-        if inode.staged is not None and inode.staged.dirty:
-            return
+        if inode.meta_pending or (inode.staged is not None and inode.staged.dirty):
+            return  # ours are newer; a change elsewhere meets our copy's or PUT's condition
         if kind == stat.S_IFDIR and info.metadata is None:
             inode.has_marker = True  # seen in a listing: the attributes we hold still stand
             return
@@ -145,6 +145,7 @@ class Namespace:
         child = self.table.child(parent.ino, name)
         ttl = self.freshness
         if child is not None and (child.staged is not None or child.local_only or child.opens
+                                  or child.meta_pending
                                   or (child.fresh(ttl) and child.meta_known)):
             return child
         if child is None:
@@ -392,6 +393,7 @@ class Namespace:
                 continue
             child = self.table.child(directory.ino, name)
             if child is not None and (child.staged is not None or child.local_only
+                                      or child.meta_pending
                                       or (child.etag == obj.etag and not child.is_dir)):
                 if child.etag == obj.etag and child.staged is None:
                     child.fetched_at = time.monotonic()  # the listing confirms this version

@@ -66,7 +66,10 @@ class Renamer:
                     src.staged.expect = dst.etag if dst is not None and dst.etag else EXPECT_ABSENT
                 return
             old_key = self.table.key(src)
-            etag = await self.store.copy(old_key, new_key, src.size, None)
+            # Attribute changes still pending (metaqueue.py) ride with this copy.
+            meta = self.files.metadata(src) if src.meta_pending else None
+            etag = await self.store.copy(old_key, new_key, src.size, meta)
+            src.meta_pending = False
             await self.store.delete(old_key)
             self._repin(src, etag)
 

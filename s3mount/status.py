@@ -127,6 +127,9 @@ class Monitor:
             "files": {"inodes": len(inodes), "open": sum(i.opens for i in inodes),
                       "dirty": files, "dirty_bytes": size},
         }
+        metaq = getattr(fs, "metaq", None)
+        if metaq is not None:
+            out["metadata_pending"] = metaq.stats()
         writeback = getattr(fs, "writeback", None)
         if writeback is not None:
             out["writeback"] = writeback.stats()
@@ -353,6 +356,10 @@ def render(snap: dict[str, Any]) -> str:
                      f"oldest {wb['oldest_age']:.1f} s, after {wb['delay']:g} s; "
                      f"{wb['conflicts']} conflicts"
                      + (f" (last: {wb['last_conflict']})" if wb["last_conflict"] else ""))
+    if "metadata_pending" in snap:
+        mp = snap["metadata_pending"]
+        lines.append(f"  attributes: {mp['files']} files waiting for their copy; {mp['sent']} "
+                     f"copies sent, {mp['conflicts']} conflicts")
     if "stop" in snap:
         lines.append(f"  stopping:   {snap['stop']['files_left']} files, "
                      f"{human_bytes(snap['stop']['bytes_left'])} left to upload")

@@ -790,6 +790,9 @@ async def test_setattr_persists_as_s3fs_metadata(make_fs, fs, s3_client, bucket)
     await fs.setattr(inode.ino, mode=stat.S_IFREG | 0o750)
     await fs.setattr(inode.ino, uid=1234, gid=5678)
     await fs.setattr(inode.ino, mtime_ns=mtime)
+    assert fs.metaq.stats()["files"] == 1  # journaled; one copy to come (metaqueue.py)
+    assert await fs.commit_all() == 0  # as at unmount
+    assert fs.metaq.stats() == {"files": 0, "sent": 1, "conflicts": 0}
     head = s3_client.head_object(Bucket=bucket, Key="f.sh")
     assert head["Metadata"] == {"mode": str(stat.S_IFREG | 0o750), "uid": "1234",
                                 "gid": "5678", "mtime": "1600000000.123456789"}
@@ -805,6 +808,7 @@ async def test_setattr_minus_one_owner_is_unchanged(fs, s3_client, bucket):
                          Metadata={"uid": "7", "gid": "8", "mode": str(0o100644)})
     inode = await lookup(fs, ROOT_INODE, b"f")
     await fs.setattr(inode.ino, uid=0xFFFFFFFF, gid=9)  # chown(f, -1, 9)
+    assert await fs.commit_all() == 0  # sends the coalesced copy (metaqueue.py)
     meta = s3_client.head_object(Bucket=bucket, Key="f")["Metadata"]
     assert (meta["uid"], meta["gid"]) == ("7", "9")
 
@@ -837,6 +841,7 @@ async def test_setattr_after_readdir_keeps_other_metadata(fs, s3_client, bucket)
     # The entry came by readdirplus with entry_timeout 0: the kernel looks it up, then chmods.
     inode = await lookup(fs, ROOT_INODE, b"f")
     await fs.setattr(inode.ino, mode=stat.S_IFREG | 0o600)
+    assert await fs.commit_all() == 0  # sends the coalesced copy (metaqueue.py)
     meta = s3_client.head_object(Bucket=bucket, Key="f")["Metadata"]
     assert meta == {"uid": "1234", "gid": "5678", "mode": str(0o100600),
                     "mtime": "1600000000.000000001"}
@@ -859,6 +864,10 @@ async def test_fchmod_after_fsync_persists(make_fs, fs, s3_client, bucket):
     await fs.setattr(inode.ino, mtime_ns=1_600_000_000_000_000_000, fh=handle.fh)
     await fs.flush(handle.fh)
     await fs.release(handle.fh)
+    # A clean file's changes wait for the TTL, fsync or unmount (metaqueue.py): one copy.
+    assert fs.metaq.stats()["files"] == 1
+    assert await fs.commit_all() == 0
+    assert fs.metaq.stats()["sent"] == 1
     meta = s3_client.head_object(Bucket=bucket, Key="f")["Metadata"]
     assert meta["mode"] == str(stat.S_IFREG | 0o600)
     assert meta["mtime"] == "1600000000.000000000"

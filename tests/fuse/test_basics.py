@@ -122,11 +122,11 @@ def test_chmod_chown_utime_persist(mounted, s3_client, bucket):
     os.chmod(p, 0o750)
     os.chown(p, 1234, 5678)
     os.utime(p, ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    mounted.remount()  # the unmount sends the coalesced copy, if the TTL did not already
     meta = s3_client.head_object(Bucket=bucket, Key="f.sh")["Metadata"]
     assert int(meta["mode"]) == stat.S_IFREG | 0o750
     assert meta["uid"] == "1234" and meta["gid"] == "5678"
     assert meta["mtime"] == "1600000000.123456789"
-    mounted.remount()
     st = p.stat()
     assert stat.S_IMODE(st.st_mode) == 0o750
     assert (st.st_uid, st.st_gid) == (1234, 5678)

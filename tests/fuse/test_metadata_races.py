@@ -1,8 +1,9 @@
 """Attribute changes on a closed file (chmod, chown, utime, setxattr) are a copy of the object
-onto itself, conditional on the version the mount knows (CopySourceIfMatch).  When another client
-replaced the object a moment earlier, the mount refreshes its view and applies the change to the
-new version once; if the object changes again, the call fails with ESTALE.  Their bytes are never
-adopted under a stale size.
+onto itself, conditional on the version the mount knows (CopySourceIfMatch), sent after the
+metadata TTL or at fsync(2) (metaqueue.py).  When another client replaced the object a moment
+earlier, the mount refreshes its view and applies the change to the new version once; if the
+object changes again, fsync(2) fails with ESTALE.  Their bytes are never adopted under a stale
+size.
 
 The second writer is real: the fault proxy's check runs a boto3 PUT straight to the server just
 before the mount's copy request goes through.  The proxy also enforces the copy's
@@ -16,6 +17,7 @@ import os
 from urllib.parse import unquote, urlsplit
 
 import pytest
+from test_writeback import status, wait_for
 
 
 class SecondWriter:
@@ -71,17 +73,25 @@ def changed_in(meta: dict[str, str], how: str) -> bool:
 def test_change_after_another_writer_applies_to_their_version(proxy, make_mount, s3_client,
                                                               bucket, how):
     s3_client.put_object(Bucket=bucket, Key="f", Body=b"v1")
-    m = make_mount(bucket, "--metadata-ttl", "60", endpoint=proxy.endpoint)
+    # A short TTL: the kernel's cached size (half the TTL) is not refreshed by fsync(2).
+    m = make_mount(bucket, "--metadata-ttl", "2", endpoint=proxy.endpoint)
     path = m.path / "f"
     assert os.stat(path).st_size == 2  # the mount (and the kernel) now know version 1
     theirs = b"their version, longer"
     proxy.check = writer = SecondWriter(s3_client, bucket, "f", [theirs])
     change(path, how)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the copy goes now, unless the TTL's went first
+    finally:
+        os.close(fd)
+    wait_for(lambda: status(m)["metadata_pending"]["files"] == 0)
     proxy.check = None
     obj = s3_client.get_object(Bucket=bucket, Key="f")
     assert obj["Body"].read() == theirs
     assert changed_in(obj["Metadata"], how)
-    assert os.stat(path).st_size == len(theirs)  # never the old size beside the new ETag
+    # never the old size beside the new ETag, once the kernel asks again
+    wait_for(lambda: os.stat(path).st_size == len(theirs))
     assert path.read_bytes() == theirs
     assert writer.refused == 1  # the first copy named version 1 and was refused
 
@@ -92,14 +102,15 @@ def test_change_fails_with_estale_when_the_object_keeps_changing(proxy, make_mou
     m = make_mount(bucket, "--metadata-ttl", "60", endpoint=proxy.endpoint)
     path = m.path / "f"
     assert os.stat(path).st_size == 2
-    m.expect("setattr: COPY f -> f: PreconditionFailed", count=1)
+    m.expect("fsync: COPY f -> f: PreconditionFailed", count=1)
+    m.expect("its attribute change was not stored", count=1)
     proxy.check = writer = SecondWriter(s3_client, bucket, "f", [b"second", b"third one"])
-    # fchmod: the kernel retries a path-based chmod that fails with ESTALE (a fresh lookup),
-    # which would hide the mount's own single retry.
     fd = os.open(path, os.O_RDONLY)
     try:
+        os.fchmod(fd, 0o600)  # journaled; the copy waits for the TTL or fsync(2)
+        assert writer.copies == 0
         with pytest.raises(OSError) as exc:
-            os.fchmod(fd, 0o600)
+            os.fsync(fd)
     finally:
         os.close(fd)
     proxy.check = None

@@ -1,5 +1,6 @@
 """Extended attributes: user.* stored with the object as s3fs-fuse stores them, surviving a
-remount and a rename; other namespaces and oversize values get clear errors."""
+remount and a rename; other namespaces and oversize values get clear errors.  A change to a
+closed file reaches the bucket within the metadata TTL (metaqueue.py): the bucket is polled."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import urllib.parse
 
 import pytest
+from test_writeback import wait_for
 
 
 def stored_xattrs(s3_client, bucket, key):
@@ -25,8 +27,8 @@ def test_set_get_list_remove_persist(mounted, s3_client, bucket):
     os.setxattr(p, "user.bin", bytes(range(256))[:100])
     assert os.getxattr(p, "user.color") == b"blue"
     assert sorted(os.listxattr(p)) == ["user.bin", "user.color"]
-    assert stored_xattrs(s3_client, bucket, "f.txt") == {
-        "user.color": b"blue", "user.bin": bytes(range(100))}
+    wait_for(lambda: stored_xattrs(s3_client, bucket, "f.txt") == {
+        "user.color": b"blue", "user.bin": bytes(range(100))})
     assert s3_client.get_object(Bucket=bucket, Key="f.txt")["Body"].read() == b"data"
     mounted.remount()
     assert os.getxattr(p, "user.color") == b"blue"
@@ -81,5 +83,5 @@ def test_xattr_errors(mounted, s3_client, bucket):
     with pytest.raises(OSError) as exc:
         os.setxattr(p, "user.more", b"w" * 1900)
     assert exc.value.errno == errno.E2BIG
-    assert stored_xattrs(s3_client, bucket, "f") == {"user.small": b"ok"}
+    wait_for(lambda: stored_xattrs(s3_client, bucket, "f") == {"user.small": b"ok"})
     assert os.listxattr(p) == ["user.small"]
