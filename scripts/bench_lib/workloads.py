@@ -142,7 +142,10 @@ class Bench:
         return out
 
     def file_keys(self, prefix: str) -> list[str]:
-        return [k for k in self.keys(prefix) if not k.endswith("/")]
+        """The files' keys under `prefix`: not directory markers, nor the attribute objects
+        s3mount keeps beside them where the server drops metadata on markers (SeaweedFS)."""
+        return [k for k in self.keys(prefix)
+                if not k.endswith("/") and k.rsplit("/", 1)[-1] != ".s3mount-meta"]
 
     def size_of(self, key: str) -> int | None:
         try:
