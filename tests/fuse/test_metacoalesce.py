@@ -117,12 +117,20 @@ def fsync(path) -> None:
         os.close(fd)
 
 
-def test_fsync_after_chmod_stores_it_at_once(make_mount, s3_client, bucket):
+def chmod_pending(make_mount, s3_client, bucket):  # type: ignore[no-untyped-def]
+    """A mount whose existing file `f` was just chmod-ed to 0604, its copy ten minutes away
+    (--metadata-ttl 600); with the request counts from before the chmod."""
     s3_client.put_object(Bucket=bucket, Key="f", Body=b"data")
-    m = make_mount(bucket, "--metadata-ttl", "600")  # the copy would wait ten minutes
+    m = make_mount(bucket, "--metadata-ttl", "600")
     path = m.path / "f"
     assert os.stat(path).st_size == 4
+    before = kinds(m)
     os.chmod(path, 0o604)
+    return m, path, before
+
+
+def test_fsync_after_chmod_stores_it_at_once(make_mount, s3_client, bucket):
+    m, path, _ = chmod_pending(make_mount, s3_client, bucket)
     assert status(m)["metadata_pending"]["files"] == 1
     meta = s3_client.head_object(Bucket=bucket, Key="f")["Metadata"]
     assert int(meta.get("mode", 0)) != stat.S_IFREG | 0o604  # not yet in the bucket
@@ -133,12 +141,7 @@ def test_fsync_after_chmod_stores_it_at_once(make_mount, s3_client, bucket):
 
 
 def test_unlink_drops_pending_changes(make_mount, s3_client, bucket):
-    s3_client.put_object(Bucket=bucket, Key="f", Body=b"data")
-    m = make_mount(bucket, "--metadata-ttl", "600")
-    path = m.path / "f"
-    assert os.stat(path).st_size == 4
-    before = kinds(m)
-    os.chmod(path, 0o604)
+    m, path, before = chmod_pending(make_mount, s3_client, bucket)
     os.unlink(path)
     assert status(m)["metadata_pending"]["files"] == 0
     assert not list((m.cache_dir / "attrs").glob("*.json"))
@@ -147,12 +150,7 @@ def test_unlink_drops_pending_changes(make_mount, s3_client, bucket):
 
 
 def test_rename_carries_pending_changes(make_mount, s3_client, bucket):
-    s3_client.put_object(Bucket=bucket, Key="f", Body=b"data")
-    m = make_mount(bucket, "--metadata-ttl", "600")
-    path = m.path / "f"
-    assert os.stat(path).st_size == 4
-    before = kinds(m)
-    os.chmod(path, 0o604)
+    m, path, before = chmod_pending(make_mount, s3_client, bucket)
     os.rename(path, m.path / "g")
     assert status(m)["metadata_pending"]["files"] == 0
     assert grew(before, kinds(m), "COPY") == 1  # the rename's own copy
@@ -161,12 +159,7 @@ def test_rename_carries_pending_changes(make_mount, s3_client, bucket):
 
 
 def test_write_after_chmod_puts_it_with_the_data(make_mount, s3_client, bucket):
-    s3_client.put_object(Bucket=bucket, Key="f", Body=b"data")
-    m = make_mount(bucket, "--metadata-ttl", "600")
-    path = m.path / "f"
-    assert os.stat(path).st_size == 4
-    before = kinds(m)
-    os.chmod(path, 0o604)
+    m, path, before = chmod_pending(make_mount, s3_client, bucket)
     with open(path, "ab") as f:
         f.write(b" more")
     fsync(path)  # sends nothing: the commit's PUT carried the change
