@@ -181,7 +181,8 @@ def test_reads_on_the_wire_leave_metadata_and_uploads_their_slots(proxy, s3_clie
 
 
 def test_listing_while_endpoint_down_fails_cleanly(via_proxy, proxy):
-    via_proxy.expect("lookup: LIST d/: Connection was closed", at_least=1)
+    # The lookup's LIST of d/ or its HEAD of d, whichever fails first (they go side by side).
+    via_proxy.expect("Connection was closed", at_least=1)
     (via_proxy.path / "d").mkdir()
     proxy.down()
     time.sleep(1.1)  # past the metadata TTL
