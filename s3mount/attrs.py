@@ -92,7 +92,7 @@ class Metadata:
         elif inode.etag is not None:
             inode.etag = await self.store.copy(key, key, inode.size, meta, inode.etag)
             if inode.staged is not None:  # open and clean: its base is the new version
-                inode.staged.base_etag = inode.staged.expect = inode.etag
+                inode.staged.repin(inode.etag)
         inode.fetched_at = time.monotonic()
         inode.meta_known = True
 

@@ -20,7 +20,7 @@ import trio
 from s3mount.blockcache import BlockCache
 from s3mount.budget import SpaceGuard
 from s3mount.errors import FsError, NoSpace, RemoteIO, Stale
-from s3mount.handles import FileHandle
+from s3mount.handles import FileHandle, HandleTable
 from s3mount.inodes import Inode
 from s3mount.keys import conflict_key
 from s3mount.namespace import Namespace
@@ -42,8 +42,8 @@ SYNC_EVERY = 3.0  # seconds a write may wait before its data and journal go to t
 class FileData:
     def __init__(self, store: ObjectStore, namespace: Namespace, uploader: Uploader,
                  limiters: Limiters, staging_dir: Path, cache: BlockCache,
-                 background: Background, max_readahead: int, conditional: bool = True,
-                 ) -> None:
+                 background: Background, handles: HandleTable, max_readahead: int,
+                 conditional: bool = True) -> None:
         self.store = store
         self.namespace = namespace
         self.uploader = uploader
@@ -51,6 +51,7 @@ class FileData:
         self.staging_dir = staging_dir
         self.cache = cache
         self.background = background
+        self.handles = handles
         self.reader = ObjectReader(store, cache, background, max_readahead)
         self._locks: dict[int, trio.Lock] = {}
         self._retrying: set[int] = set()
@@ -95,6 +96,9 @@ class FileData:
         if staged.unsynced and inode.ino not in self._syncing and self.background.start(
                 self._sync_soon, inode):
             self._syncing.add(inode.ino)
+
+    async def sync_now(self, staged: StagedFile) -> None:
+        await self._disk(staged.sync)
 
     async def _sync_soon(self, inode: Inode) -> None:
         """Writes are journaled cheaply (see journal.py); every few seconds their data and a
@@ -231,22 +235,23 @@ class FileData:
         if inode.unlinked or staged is None or not (staged.dirty or inode.local_only):
             return
         key = self.namespace.key(inode)
+        await self.adopt_landed(inode)
         expect = staged.expect if self.conditional else None
         conflict: Stale | None = None
-        md5: str | None = None
         try:
             if staged.upload is None and staged.size <= self.uploader.single_put_limit:
                 await self._fill_gaps(inode, staged, 0, staged.size)
                 # fsync(2) makes the file durable, and a crash once the PUT is done must find
                 # it ours: the checkpoint names every byte, and the ETag the PUT will get.
                 md5 = await self._disk(file_md5, staged.path, staged.size)
+                staged.landing = md5
                 await self._disk(lambda: staged.sync(etag=md5))
                 etag = await self.uploader.upload(key, staged.path, staged.size,
                                                   self.metadata(inode), expect)
             else:
                 etag = await self._commit_multipart(inode, staged, key, expect)
         except Stale:
-            landed = await self._our_version(key, md5)
+            landed = await self._our_version(key, staged.landing)
             if landed is not None:
                 etag = landed
             elif not staged.sent:
@@ -263,14 +268,37 @@ class FileData:
         if conflict is not None:
             raise conflict
 
-    async def _our_version(self, key: str, md5: str | None) -> str | None:
-        """The object's ETag when it already holds exactly the bytes of this PUT: an earlier
-        try landed with its answer lost (a timeout), and the condition of this one then
-        failed on our own version, which is no conflict."""
-        if md5 is None:
+    async def _our_version(self, key: str, landing: str | None) -> str | None:
+        """The object's ETag when it already is exactly this upload: a try of it landed with
+        its answer lost (a timeout), and the condition of the next try then failed on our own
+        version, which is no conflict."""
+        if landing is None:
             return None
         found = await self.store.head(key)
-        return found.etag if found is not None and found.etag == md5 else None
+        return found.etag if found is not None and found.etag == landing else None
+
+    @staticmethod
+    def replaces_object(inode: Inode) -> bool:
+        """Whether a file not in the bucket yet stands over an object it replaced by a rename
+        (its commit overwrites that one, `expect`): an unlink or a rename away deletes it."""
+        staged = inode.staged
+        return inode.etag is None and staged is not None and staged.expect not in (
+            None, EXPECT_ABSENT)
+
+    async def adopt_landed(self, inode: Inode) -> None:
+        """Called with the inode's lock held.  An earlier upload of the file got no answer (a
+        timeout) and may have landed: if the bucket holds it, it is our own version, which the
+        next upload builds on and replaces (not another client's to set aside), and which a
+        rename must move and an unlink delete."""
+        staged = inode.staged
+        if staged is None or staged.landing is None:
+            return
+        found = await self.store.head(self.namespace.key(inode))
+        if found is not None and found.etag == staged.landing:
+            log.info("%s: an upload whose answer was lost did land", self.namespace.key(inode))
+            staged.rebase(found.etag, found.size)
+            inode.etag = found.etag
+        staged.landing = None
 
     async def settle(self, inode: Inode) -> None:
         """Commit a file some of whose bytes are only in its unfinished upload, so they can be
@@ -354,13 +382,17 @@ class FileData:
                         key, target)
             await self._disk(staged.forget_journal)
         staged.dirty = False
-        inode.fetched_at = 0.0  # the next open sees the other client's version
-        if inode.local_only:
-            # Ours was a new file, and the key is theirs now: the inode stands for their
-            # object, so neither release nor unmount tries to upload ours again.
-            theirs = await self.store.head(key)
-            if theirs is not None:
-                inode.etag, inode.size = theirs.etag, theirs.size
+        inode.fetched_at = 0.0  # the next look at it reads the other client's attributes
+        theirs = await self.store.head(key)
+        if theirs is not None:
+            # The key is theirs now: the inode and its open handles stand for their object
+            # (reads showed ours beside their size), and nothing of ours is uploaded again.
+            for handle in self.handles.files_of(inode.ino):
+                handle.etag, handle.size = theirs.etag, theirs.size
+            inode.etag, inode.size = theirs.etag, theirs.size
+            inode.staged = None
+            self.space.live.pop(inode.ino, None)
+            await self._disk(staged.close)
 
     async def _overrule_conflict(self, inode: Inode, staged: StagedFile,
                                  key: str) -> tuple[str, Stale]:
@@ -410,6 +442,7 @@ class FileData:
                                                 offset, length)
 
         async def completing(etag: str) -> None:  # a crash once it is done finds it ours
+            staged.landing = etag
             await self._disk(lambda: staged.sync(etag=etag, upload_id=upload.upload_id))
 
         keep = bool(staged.sent)  # parts only the upload holds: a failure must not abort it

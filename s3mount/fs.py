@@ -162,32 +162,41 @@ class Filesystem:
         # after `keep_readable` looked at its opens, before the DELETE is awaited: an open(2)
         # racing this unlink either made it keep the file readable or fails with ENOENT.
         async with self.files.lock(inode):
+            await self.files.adopt_landed(inode)  # an upload that got no answer is deleted too
             await self.files.keep_readable(inode, locked=True)
             key = self.table.key(inode)
-            landed = self._upload_maybe_landed(inode)
+            replaced = self.files.replaces_object(inode)
             self.table.detach(inode)
             # Its crash journal goes too: a recovery must not bring back an unlinked file.
             await self.files.journal(inode)
-            if inode.etag is not None:
-                await self.store.delete(key)
-            elif landed is not None:
-                found = await self.store.head(key)
-                if found is not None and found.etag == landed:
+            if inode.etag is not None or replaced:
+                try:
                     await self.store.delete(key)
+                except errors.FsError:
+                    if not await self._gone(key):  # else it landed, its answer lost
+                        await self._relink(parent, inode)
+                        raise
         await self.metaq.forget(inode)
         if not inode.opens:  # a closed file waiting for write-back: its journal goes too
             await self.files.drop_clean(inode)
 
-    @staticmethod
-    def _upload_maybe_landed(inode: Inode) -> str | None:
-        """The ETag of an upload of a new file that failed with no answer (a timeout): it may
-        have landed all the same, and an unlink must then delete it too (only that version:
-        anything else at the key is another client's)."""
-        staged = inode.staged
-        if staged is None or staged.journal is None:
-            return None
-        completing = staged.journal.get("completing") or {}
-        return completing.get("etag")
+    async def _gone(self, key: str) -> bool:
+        try:
+            return await self.store.head(key) is None
+        except errors.FsError:
+            return False
+
+    async def _relink(self, parent: Inode, inode: Inode) -> None:
+        """Undo the unlink whose DELETE failed: the name stays, and so does the file its open
+        handles write to (else their writes went to a detached inode and were lost), with its
+        crash journal, written anew from the data now on the disk."""
+        if self.table.get(inode.ino) is inode and self.table.child(parent.ino,
+                                                                   inode.name) is None:
+            self.table.move(inode, parent.ino, inode.name)
+            inode.unlinked = False
+            await self.files.journal(inode)
+            if inode.staged is not None and inode.staged.journal is not None:
+                await self.files.sync_now(inode.staged)
 
     async def symlink(self, parent_ino: int, raw: bytes, target: bytes, uid: int,
                       gid: int) -> Inode:
@@ -358,6 +367,7 @@ class Filesystem:
         await self.metaq.forget(src)  # its copy carried them
         if dst is not None:
             await self.metaq.forget(dst)
+            await self.files.journal(dst)  # replaced: a crash must not bring it back
         if dst is not None and not dst.opens:  # as for unlink
             await self.files.drop_clean(dst)
         self.ns.forget_negative(dst_dir, new_name)

@@ -167,6 +167,7 @@ class Replayed:
     base_valid: int
     present: list[Extent]  # provably local
     lost: list[Extent]  # written by the user, but not provably on the disk
+    changed: bool = False  # the log names changes made after the checkpoint
 
 
 def replay(state: dict[str, Any], log_path: str, data_path: str) -> Replayed:
@@ -175,7 +176,9 @@ def replay(state: dict[str, Any], log_path: str, data_path: str) -> Replayed:
     present = [(int(s), int(e)) for s, e in state.get("present", [])]
     synced = list(present)
     crcs: dict[int, tuple[int, int]] = {}
+    changed = False
     for record in read_log(log_path, int(state.get("seq", 0))):
+        changed = changed or "t" in record or "w" in record
         if "t" in record:
             size = int(record["t"])
             present, synced = clip_extents(present, size), clip_extents(synced, size)
@@ -201,4 +204,4 @@ def replay(state: dict[str, Any], log_path: str, data_path: str) -> Replayed:
                 lost = add_extent(lost, *gap)
     for start, end in lost:
         present = remove_range(present, start, end)
-    return Replayed(size, base_valid, present, lost)
+    return Replayed(size, base_valid, present, lost, changed)

@@ -6,6 +6,7 @@ filesystem a key is always relative to the prefix; `s3.py` adds and strips the p
 
 from __future__ import annotations
 
+import secrets
 import time
 
 from s3mount.errors import InvalidName, NameTooLong
@@ -78,9 +79,10 @@ def split_listing_name(prefix: str, key: str) -> str | None:
 
 
 def conflict_key(key: str, when: float | None = None) -> str:
-    """Where our version goes when another client changed the object under us."""
+    """Where our version goes when another client changed the object under us: a new key
+    every time (two conflicts within a second, or on two machines, must not share one)."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
-    return f"{key}.s3mount-conflict-{stamp}"
+    return f"{key}.s3mount-conflict-{stamp}-{secrets.token_hex(3)}"
 
 
 def deletion_order(top: str, keys: list[str]) -> list[str]:

@@ -170,7 +170,7 @@ class MetaQueue:
     async def _copy(self, inode: Inode, key: str, etag: str) -> None:
         inode.etag = await self.store.copy(key, key, inode.size, self.files.metadata(inode), etag)
         if inode.staged is not None:  # open and clean: its base is the new version
-            inode.staged.base_etag = inode.staged.expect = inode.etag
+            inode.staged.repin(inode.etag)
         self.sent += 1
 
     def _keep(self, entry: Entry, exc: errors.FsError) -> None:

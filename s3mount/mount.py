@@ -64,10 +64,11 @@ def build_filesystem(config: MountConfig, store: Any, limiters: Limiters,
     uploader = Uploader(store, config.part_size, config.single_put_limit, config.max_concurrency)
     blocks = BlockCache(cache_dir / "blocks", config.cache_budget(), config.block_size,
                         limiters.disk)
+    handles = HandleTable()
     files = FileData(store, namespace, uploader, limiters, cache_dir / "staging", blocks,
-                     background, config.max_readahead,
+                     background, handles, config.max_readahead,
                      config.conditional_writes and capabilities.conditional_put is not False)
-    return Filesystem(config, store, table, namespace, files, HandleTable())
+    return Filesystem(config, store, table, namespace, files, handles)
 
 
 def find_capabilities(config: MountConfig, client: Any) -> Capabilities:

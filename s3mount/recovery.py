@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -163,10 +163,16 @@ class Recovery:
         replayed = self._prepare(state, data_path, journal_path)
         size = replayed.size
         remote = await self.store.head(key)
-        done = (state.get("completing") or {}).get("etag")
-        if remote is not None and done and remote.etag == done:
-            log.info("%s was already uploaded before the crash", key)
-            return False
+        landed = state.get("completing") or {}
+        if remote is not None and remote.etag == landed.get("etag"):
+            if not (landed.get("earlier") or replayed.changed):
+                log.info("%s was already uploaded before the crash", key)
+                return False
+            # An upload of ours landed with its answer lost, and the file changed after it:
+            # that version is the base of the rest (see StagedFile.rebase), not theirs.
+            state = dict(state, base_etag=remote.etag, expect=remote.etag, sent=[],
+                         sent_parts={}, upload_id=None)
+            replayed = replace(replayed, base_valid=min(remote.size, size))
         # Parts dropped locally to stay within the cache budget live only in the upload: it is
         # completed with them, never aborted.
         sent_parts = {int(n): etag for n, etag in (state.get("sent_parts") or {}).items()}

@@ -61,8 +61,11 @@ class Renamer:
         if dst is not None:
             await self.files.keep_readable(dst)
         async with self.files.lock(src):
+            await self.files.adopt_landed(src)  # an upload that got no answer moves too
             if src.etag is None:  # not in the bucket yet: the commit will write the new key,
-                if src.staged is not None:  # over what is there now
+                if self.files.replaces_object(src):  # over what is there now; what it
+                    await self.store.delete(self.table.key(src))  # replaced here goes
+                if src.staged is not None:
                     src.staged.expect = dst.etag if dst is not None and dst.etag else EXPECT_ABSENT
                 return
             old_key = self.table.key(src)
@@ -78,6 +81,9 @@ class Renamer:
         lost before the copy is complete (S3 has no atomic rename)."""
         old_prefix = dir_prefix(self.table.key(src))
         new_prefix = dir_prefix(new_key)
+        for node in self.table.subtree(src):  # their locks are held (lock_tree)
+            if not node.is_dir:
+                await self.files.adopt_landed(node)  # then re-pinned to its copy, as others
         objects = []
         token = None
         while True:
@@ -122,4 +128,4 @@ class Renamer:
                 handle.etag = etag
         inode.etag = etag
         if inode.staged is not None:
-            inode.staged.base_etag = inode.staged.expect = etag
+            inode.staged.repin(etag)

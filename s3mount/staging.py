@@ -84,6 +84,9 @@ class StagedFile:
         # committed): whole parts, disjoint from `present`; `sent_parts` has their ETags.
         self.sent: list[Extent] = []
         self.sent_parts: dict[int, str] = {}
+        # The ETag our upload will give the object, from just before its last request until
+        # its answer; still set after a failure with no answer (a timeout): it may have landed.
+        self.landing: str | None = None
         # The data as of the last sync: all a checkpoint may name (see journal.py).
         self.synced: dict[str, Any] = self._state()
         self.unsynced = False  # changed since the last sync
@@ -104,7 +107,9 @@ class StagedFile:
 
     def sync(self, **completing: Any) -> None:
         """Put the data on the disk, then a checkpoint naming it.  `completing` records the
-        upload about to be sent (its expected ETag), so a mount after a crash recognises it."""
+        upload about to be sent (its expected ETag), so a mount after a crash recognises it.
+        Without it, an earlier upload that got no answer is recorded as `earlier`: the object
+        may be that version of ours, which the data here has since moved on from."""
         state = self._state()
         os.fdatasync(self.fd)
         self.synced, self.unsynced = state, False
@@ -112,6 +117,8 @@ class StagedFile:
             self.journal = {k: v for k, v in self.journal.items() if k != "completing"}
             if completing:
                 self.journal["completing"] = completing
+            elif self.landing is not None:
+                self.journal["completing"] = {"etag": self.landing, "earlier": True}
             self._save_journal()
             self.log.reset()
 
@@ -241,10 +248,30 @@ class StagedFile:
         self.expect = self.base_etag = etag
         self.base_valid = self.size
         self.sent, self.sent_parts = [], {}
+        self.landing = None
         self.versions.clear()
         # The local bytes are now copies of that version: none needs proving after a crash.
         self.synced = dict(self._state(), present=[])
         self.log.reset()
+
+    def repin(self, etag: str) -> None:
+        """The base object's bytes are now under the ETag `etag` (a copy: a rename, or new
+        metadata); the next checkpoint names it too, else recovery would read a version gone
+        (the caller rewrites the journal, `FileData.journal`, as its expectation changed)."""
+        self.expect = self.base_etag = self.synced["base_etag"] = etag
+
+    def rebase(self, etag: str, size: int) -> None:
+        """An earlier upload of ours landed though its answer was lost: the bucket's version
+        `etag` (`size` bytes) is the base from now on.  Every byte not held here is the same in
+        it as in the file now (held bytes only grow, and a truncate since lowered `base_valid`),
+        and the bytes only in that upload's parts are its bytes."""
+        self.expect = self.base_etag = etag
+        self.base_valid = min(size, self.size)
+        self.sent, self.sent_parts = [], {}
+        self.upload = None  # completed: nothing left to add to or abort
+        self.landing = None
+        self.synced = dict(self.synced, base_etag=etag, sent=[], sent_parts={},
+                           base_valid=min(size, self.synced["size"]))
 
     def read(self, offset: int, size: int) -> bytes:
         size = max(0, min(size, self.size - offset))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from s3mount.errors import FsError
+from s3mount.errors import FsError, NotFound
 from s3mount.parts import plan_parts
 from s3mount.store import ObjectStore
 
@@ -152,5 +152,7 @@ class Uploader:
         with trio.CancelScope(shield=True):
             try:
                 await self.store.abort_multipart(upload.key, upload.upload_id)
+            except NotFound:  # gone: completed by a request whose answer was lost, or aborted
+                log.debug("multipart upload of %s already gone", upload.key)
             except FsError as exc:
                 log.warning("could not abort the multipart upload of %s: %s", upload.key, exc)

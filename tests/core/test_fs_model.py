@@ -623,19 +623,15 @@ class FilesystemModel(RuleBasedStateMachine):
         handles = [h for h in self.handles if h.file.theirs is None and h.file.path is not None]
         return data.draw(st.sampled_from(handles)) if handles else None
 
-    # No lost answers ("lose") on uploads yet: a new file whose PUT landed unanswered and is
-    # then renamed leaves that object under the old name, and a multipart completion whose
-    # answer was lost is not recognised by its retry (see the report of issue 15).  Lost
-    # answers of single PUTs followed by a retry or an unlink have regression tests.
-    @rule(data=st.data(), kind=st.sampled_from(["fail"]))
+    @rule(data=st.data(), kind=st.sampled_from(["fail", "lose"]))
     def fsync_with_fault(self, data: st.DataObject, kind: str) -> None:
         """An upload call fails, or lands with its answer lost: fsync says EIO or succeeds, and
         a later commit puts exactly our bytes in the bucket, with no conflict with ourselves."""
         h = self.pick_uncontested(data)
         if h is None:
             return
-        self.arm(kind, ("put",) if kind == "lose" else ("put", "upload_part",
-                                                         "complete_multipart"))
+        self.arm(kind, ("put", "complete_multipart") if kind == "lose" else (
+            "put", "upload_part", "complete_multipart"))
         try:
             got = self.call(self.fs.fsync, h.fh)
         finally:
@@ -705,10 +701,7 @@ class FilesystemModel(RuleBasedStateMachine):
         elif op == "unlink":
             self.touched.add(path)
 
-    # "other_put" (another client's PUT while ours is held) is left out for now: it finds a
-    # new file that lost its create race showing the other client's size and our (set aside)
-    # bytes while it is still open; see the report of issue 15.
-    @rule(data=st.data(), action=st.sampled_from(["read", "list"]))
+    @rule(data=st.data(), action=st.sampled_from(["read", "list", "other_put"]))
     def commit_held(self, data: st.DataObject, action: str) -> None:
         """An fsync whose upload is held in flight while something else happens."""
         h = self.pick_uncontested(data)
@@ -720,7 +713,7 @@ class FilesystemModel(RuleBasedStateMachine):
         self.run(self.wait_any, [g.reached for g in holds] + [done])
         seen: dict[str, object] = {}
         if action == "other_put":
-            body = b"theirs while ours was in flight"
+            body = b"theirs while ours was in flight %d" % next_id()  # each its own ETag
             self.store.put_now(key, body)
             file.theirs = body
             self.loop.call_soon(self.store.faults.clear)
