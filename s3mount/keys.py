@@ -85,6 +85,22 @@ def conflict_key(key: str, when: float | None = None) -> str:
     return f"{key}.s3mount-conflict-{stamp}-{secrets.token_hex(3)}"
 
 
+def creation_rounds(keys: list[str]) -> list[list[str]]:
+    """The keys of a directory tree to create (a tree rename's copies), in rounds that each go
+    side by side: the `dir/` markers a depth at a time, shallowest first, then every other key.
+    A server that keeps folders as entries of their own (SeaweedFS) can lose a marker PUT that
+    races the creation of a key under it: the folder stays, listed without its marker."""
+    markers: dict[int, list[str]] = {}
+    others = []
+    for key in keys:
+        if key.endswith("/"):
+            markers.setdefault(key.count("/"), []).append(key)
+        else:
+            others.append(key)
+    rounds = [markers[depth] for depth in sorted(markers)]
+    return rounds + [others] if others else rounds
+
+
 def deletion_order(top: str, keys: list[str]) -> list[str]:
     """The keys of a directory tree under `top` (`dir/`) to delete, with the marker of every
     directory in it (whether one exists or not: deleting a missing key is no error), deepest

@@ -20,7 +20,7 @@ from s3mount.config import MountConfig
 from s3mount.files import FileData
 from s3mount.handles import HandleTable
 from s3mount.inodes import Inode, InodeTable
-from s3mount.keys import check_key_length, deletion_order, dir_prefix
+from s3mount.keys import check_key_length, creation_rounds, deletion_order, dir_prefix
 from s3mount.store import EXPECT_ABSENT, ObjectStore
 
 
@@ -102,10 +102,12 @@ class Renamer:
                 dest = new_prefix + key[len(old_prefix):]
                 new_etags[dest] = await self.store.copy(key, dest, size, None)
 
+        sizes = {obj.key: obj.size for obj in objects}
         try:
-            async with trio.open_nursery() as nursery:
-                for obj in objects:
-                    nursery.start_soon(copy_one, obj.key, obj.size)
+            for keys in creation_rounds(list(sizes)):  # each marker before what is under it
+                async with trio.open_nursery() as nursery:
+                    for key in keys:
+                        nursery.start_soon(copy_one, key, sizes[key])
         except* errors.FsError as failed:
             raise failed.exceptions[0] from None  # callers catch an FsError, not a group
         await self.store.delete_many(deletion_order(old_prefix, [obj.key for obj in objects]))

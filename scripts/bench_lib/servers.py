@@ -1,4 +1,5 @@
-"""Local S3 servers on loopback: SeaweedFS (default), moto or s3rver, on a free port, stopped always.
+"""Local S3 servers on loopback: SeaweedFS (default), moto or s3rver, on a free port, always
+stopped.
 
 SeaweedFS is the reference: a real Go object store whose ranged GETs and part copies cost the
 bytes asked for, as on S3.  It is started by scripts/seaweed.py (the one starter the tests and

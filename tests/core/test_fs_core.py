@@ -18,6 +18,7 @@ import stat
 import pytest
 import trio
 from helpers import REGION, bucket_objects
+from memstore import MemoryStore
 
 from s3mount import errors
 from s3mount.config import MountConfig
@@ -743,6 +744,28 @@ async def test_rename_directory_with_nested_keys(make_fs, fs, s3_client, bucket)
     fresh = make_fs()
     three = await lookup_path(fresh, "dst/sub/deeper/three")
     assert await read_all(fresh, three.ino) == b"3"
+
+
+async def test_rename_directory_writes_each_marker_before_what_is_under_it(tmp_path):
+    """SeaweedFS can lose a `dir/` marker PUT that races the creation of a key under it (seen
+    in CI: `dst/sub/` missing after `mv src dst`), so a tree's copies go a depth at a time."""
+    store = MemoryStore()
+    config = MountConfig(bucket="b", prefix="", mountpoint=str(tmp_path),
+                         cache_dir=str(tmp_path / "cache"), uid=UID, gid=GID)
+    fs = build_filesystem(config, store, Limiters(4), Background())
+    for key in ("src/", "src/sub/", "src/one", "src/sub/two", "src/sub/deep/three"):
+        store.put_now(key, b"" if key.endswith("/") else key.encode())
+    held = store.faults.hold("put", "dst/sub/")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fs.rename, ROOT_INODE, b"src", ROOT_INODE, b"dst", 0)
+        await held.reached.wait()
+        await trio.sleep(0.05)  # what would go side by side with the held PUT starts now
+        written = {key for op, key in store.calls if op in ("put", "copy")}
+        assert written == {"dst/", "dst/sub/"}  # nothing under a marker not yet written
+        held.release()
+    assert {k: store.body(k) for k in store.objects} == {
+        "dst/": b"", "dst/sub/": b"", "dst/one": b"src/one", "dst/sub/two": b"src/sub/two",
+        "dst/sub/deep/three": b"src/sub/deep/three"}
 
 
 async def test_rename_directory_into_another(fs, s3_client, bucket):

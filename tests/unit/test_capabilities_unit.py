@@ -1,12 +1,12 @@
-"""Pure pieces of capability handling: the log line, the deletion order of a directory tree,
-and the SigV2 path fix on a botocore-shaped request."""
+"""Pure pieces of capability handling: the log line, the creation and deletion orders of a
+directory tree, and the SigV2 path fix on a botocore-shaped request."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 from s3mount.capabilities import Capabilities
-from s3mount.keys import deletion_order
+from s3mount.keys import creation_rounds, deletion_order
 from s3mount.s3client import send_the_signed_path
 
 
@@ -25,6 +25,14 @@ def test_deletion_order_puts_contents_before_their_directory():
             assert all(order.index(k) < order.index(key) for k in order
                        if k.startswith(key) and k != key), (key, order)
     assert deletion_order("a/src/", ["a/src/x"]) == ["a/src/x", "a/src/"]  # never above the top
+
+
+def test_creation_rounds_put_each_marker_before_what_is_under_it():
+    keys = ["src/sub/two", "src/", "src/sub/deep/", "src/one", "src/sub/"]
+    assert creation_rounds(keys) == [["src/"], ["src/sub/"], ["src/sub/deep/"],
+                                     ["src/sub/two", "src/one"]]
+    assert creation_rounds(["a", "b"]) == [["a", "b"]]  # no markers: one round
+    assert creation_rounds(["d/"]) == [["d/"]]  # no empty round after the markers
 
 
 def test_sigv2_bucket_requests_are_sent_to_the_path_signed():
