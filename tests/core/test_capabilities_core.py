@@ -1,7 +1,8 @@
 """What s3mount does where the endpoint lacks a feature, driven without FUSE on moto by telling
 the store what the probe would have found (`Capabilities`): ListObjects V1 instead of V2, parts
 fetched and sent instead of UploadPartCopy, directory attributes in hidden attribute objects
-instead of marker metadata (and read back by a mount that did not probe)."""
+instead of marker metadata (and read back by a mount that did not probe).  The order of a
+marker's writes is checked on the in-memory store (tests/memstore.py), which can hold a call."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import stat
 import pytest
 import trio
 from helpers import REGION, append_through, bucket_objects
+from memstore import MemoryStore
 
 from s3mount.capabilities import Capabilities
 from s3mount.config import MountConfig
+from s3mount.markers import MarkerStore
 from s3mount.mount import build_filesystem
 from s3mount.s3 import S3Store
 from s3mount.s3client import build_client
@@ -114,3 +117,20 @@ async def test_directory_marker_rename_never_copies(make_world, s3_client, bucke
     head = s3_client.head_object(Bucket=bucket, Key="e/")
     assert int(head["Metadata"]["mode"]) == stat.S_IFDIR | 0o711
     assert set(bucket_objects(s3_client, bucket)) == {"e/"}
+
+
+async def test_a_marker_is_written_before_its_attribute_object():
+    """SeaweedFS lost a marker whose PUT went side by side with its attribute object's: the
+    folder stayed, listed without its `dir/` key (3 `mkdir -p src/sub` in 60), and a tree
+    rename, which copies what is listed, then lost the marker at the new name too."""
+    store = MemoryStore()
+    markers = MarkerStore(store, Capabilities(marker_metadata=False))
+    held = store.faults.hold("put", "d/")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(markers.put, "d/", b"", {"mode": "16877"})
+        await held.reached.wait()
+        await trio.sleep(0.05)  # what would go side by side with the held PUT starts now
+        assert store.calls == [("put", "d/")]
+        held.release()
+    assert store.calls == [("put", "d/"), ("put", "d/.s3mount-meta")]
+    assert store.objects["d/.s3mount-meta"].metadata == {"mode": "16877"}
