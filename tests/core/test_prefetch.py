@@ -99,7 +99,10 @@ async def test_the_window_grows_while_the_reader_reads_on(tmp_path, nursery):
     assert 4 <= store.most_in_flight <= 17  # parallel ranged GETs, bounded
     blocks = store.blocks_requested()
     assert sorted(blocks) == list(range(48))  # every block once, each its own ranged GET
-    assert sum(end - start for start, end in store.requests) <= len(body) + 2 * READ
+    # Past the blocks, only reads' own GETs: the run's first, and any read that overtook a
+    # window whose fills were all still going (under load a few of 384 did; each is one read).
+    own = [end - start for start, end in store.requests if end - start != BLOCK]
+    assert set(own) == {READ} and len(own) <= 8
     await settled(cache)
 
 
