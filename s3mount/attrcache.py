@@ -144,8 +144,8 @@ class RememberingStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def head(self, key: str) -> ObjectInfo | None:
-        info = await self.inner.head(key)
+    async def head(self, key: str, ahead: bool = False) -> ObjectInfo | None:
+        info = await self.inner.head(key, ahead)
         if info is not None and info.metadata is not None:
             self.pending[key] = (key, info.etag, info.size, int(info.mtime),
                                  json.dumps(info.metadata, separators=(",", ":")))

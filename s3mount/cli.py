@@ -148,8 +148,8 @@ def build_parser() -> Parser:
     p.add_argument("--max-concurrency", type=positive(int), default=10,
                    help="parallel requests to S3 for metadata and uploads")
     p.add_argument("--max-read-concurrency", type=positive(int), default=16,
-                   help="parallel GETs of file contents (read-ahead and reads), apart from "
-                   "--max-concurrency")
+                   help="parallel GETs of file contents (read-ahead and reads) and HEADs run "
+                   "ahead of ls -l, apart from --max-concurrency")
     p.add_argument("--cache-size", type=size_arg, default=None,
                    help="bytes the cache may hold on disk, clean blocks and staged writes "
                    "together, e.g. 2G (default: the smaller of 10G and a quarter of the free "

@@ -225,7 +225,7 @@ class LeanS3Store(S3Store):
     def _path(self, key: str) -> str:
         return f"{self.bucket_path}/{quote_key(self._full(key))}"
 
-    async def head(self, key: str) -> ObjectInfo | None:
+    async def head(self, key: str, ahead: bool = False) -> ObjectInfo | None:
         def fetch() -> ObjectInfo:
             response = self.transport.send("HEAD", self._path(key))
             headers = response.headers
@@ -236,7 +236,7 @@ class LeanS3Store(S3Store):
                               headers.get("ETag", "").strip('"'),
                               parse_http_date(headers.get("Last-Modified", "")), metadata)
         try:
-            info: ObjectInfo = await self._call(f"HEAD {key}", fetch)
+            info: ObjectInfo = await self._call(f"HEAD {key}", fetch, self._budget(ahead))
         except errors.NotFound:
             return None
         return info

@@ -45,9 +45,9 @@ class MarkerStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)  # every other call and attribute, as the store has it
 
-    async def head(self, key: str) -> ObjectInfo | None:
+    async def head(self, key: str, ahead: bool = False) -> ObjectInfo | None:
         if not is_marker(key) or self.keeps_metadata:
-            return await self.store.head(key)
+            return await self.store.head(key, ahead)
         if self.keeps_metadata is False:
             found = await self.store.head(attribute_key(key))
             return _as_marker(key, found) if found is not None else await self.store.head(key)

@@ -222,7 +222,7 @@ class Namespace:
 
     async def _refresh_ahead(self, parent: Inode, child: Inode, done: trio.Event) -> None:
         try:
-            info = await self.store.head(join(self.key(parent), child.name))
+            info = await self.store.head(join(self.key(parent), child.name), ahead=True)
             if info is not None and self.table.child(parent.ino, child.name) is child:
                 self.apply_probe(parent, child.name, Probe(info, None, False))
         except FsError as exc:

@@ -168,6 +168,11 @@ class S3Store:
             stats.in_flight -= 1
             stats.uploads_in_flight -= upload
 
+    def _budget(self, ahead: bool) -> Any:
+        """The slots a HEAD waits for: one made ahead of its reader (`ls -l`'s sweep) takes the
+        read budget, like read-ahead GETs, never the slots a stat or an upload needs."""
+        return self.read_limiter if ahead else self.limiter
+
     def _full(self, key: str) -> str:
         return self.prefix + key
 
@@ -175,9 +180,9 @@ class S3Store:
         """Fail with an FsError when the bucket is missing, forbidden or unreachable."""
         await self._call(f"bucket {self.bucket}", self.client.head_bucket, Bucket=self.bucket)
 
-    async def head(self, key: str) -> ObjectInfo | None:
+    async def head(self, key: str, ahead: bool = False) -> ObjectInfo | None:
         try:
-            resp = await self._call(f"HEAD {key}", self.client.head_object,
+            resp = await self._call(f"HEAD {key}", self.client.head_object, self._budget(ahead),
                                     Bucket=self.bucket, Key=self._full(key), **self.args.read())
         except errors.NotFound:
             return None

@@ -203,7 +203,7 @@ class MemoryStore:
     async def check(self) -> None:
         await self._enter("check", "")
 
-    async def head(self, key: str) -> ObjectInfo | None:
+    async def head(self, key: str, ahead: bool = False) -> ObjectInfo | None:
         await self._enter("head", key)
         obj = self.objects.get(key)
         if obj is None:

@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import trio
 from faultproxy import FaultProxy
 from helpers import ACCESS_KEY, REGION, SECRET_KEY
 
@@ -93,6 +94,25 @@ async def test_head_get_and_list_answer_as_boto3_does(server, client, bucket):
     assert {o.key for o in page.objects} == {k for k in ODD_KEYS if "/" not in k}
     assert await lean.head("absent") is None
     assert lean.stats.requests["HEAD"] >= len(ODD_KEYS) + 1
+
+
+async def test_a_head_made_ahead_takes_the_read_budget(server, client, bucket):
+    """ls -l's sweep looks entries up ahead of the program: those HEADs wait for read slots,
+    as read-ahead GETs do, never for the slots a stat or an upload needs (with 10 of those
+    shared, a 3,000-entry ls -l through a 20 ms link took 9.5 s; on its own budget 6.6 s)."""
+    client.put_object(Bucket=bucket, Key="f", Body=b"x")
+    config = MountConfig(bucket=bucket, prefix="", mountpoint="/nonexistent",
+                         endpoint_url=server.endpoint, region=REGION, max_attempts=2)
+    limiters = Limiters(1, reads=1)
+    boto = S3Store(build_client(config), bucket, "", limiters.s3, read_limiter=limiters.reads)
+    for store in (boto, make_store(build_client(config), config, limiters)):
+        async with limiters.s3:  # every metadata slot taken
+            with trio.fail_after(10):
+                found = await store.head("f", ahead=True)
+            assert found is not None and found.size == 1
+            with trio.move_on_after(0.3) as waited:
+                await store.head("f")
+            assert waited.cancelled_caught  # an ordinary HEAD waits for a metadata slot
 
 
 async def test_listing_pages_and_start_after_as_boto3_does(server, client, bucket):
