@@ -154,7 +154,7 @@ def build_parser() -> Parser:
                    help="bytes the cache may hold on disk, clean blocks and staged writes "
                    "together, e.g. 2G (default: the smaller of 10G and a quarter of the free "
                    "space)")
-    p.add_argument("--max-readahead", type=size_arg, default=64 * 1024 * 1024,
+    p.add_argument("--max-readahead", type=size_arg, default=128 * 1024 * 1024,
                    help="largest read-ahead window of a sequential reader, e.g. 64M")
     p.add_argument("--kernel-readahead", type=size_arg, default=4 * 1024 * 1024,
                    help="the kernel's read-ahead for this mount (its read requests grow to 1M "

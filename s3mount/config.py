@@ -45,7 +45,7 @@ class MountConfig:
     single_put_limit: int = 8 * MIB
     metadata_ttl: float = 1.0
     block_size: int = 8 * MIB
-    max_readahead: int = 64 * MIB
+    max_readahead: int = 128 * MIB
     kernel_readahead: int = 4 * MIB  # the mount's read_ahead_kb in sysfs; 0: leave it
     cache_size: int | None = None  # None: min(10 GiB, a quarter of the free space)
     connect_timeout: float = 10.0
