@@ -147,7 +147,7 @@ def build_parser() -> Parser:
                    help="seconds attributes and names are trusted before asking S3 again")
     p.add_argument("--max-concurrency", type=positive(int), default=10,
                    help="parallel requests to S3 for metadata and uploads")
-    p.add_argument("--max-read-concurrency", type=positive(int), default=16,
+    p.add_argument("--max-read-concurrency", type=positive(int), default=32,
                    help="parallel GETs of file contents (read-ahead and reads) and HEADs run "
                    "ahead of ls -l, apart from --max-concurrency")
     p.add_argument("--cache-size", type=size_arg, default=None,

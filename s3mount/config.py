@@ -40,7 +40,7 @@ class MountConfig:
     cache_dir: str | None = None
     log_level: str = "info"
     max_concurrency: int = 10  # metadata requests and uploads at once
-    max_read_concurrency: int = 16  # GETs of object bytes at once (read-ahead, reads)
+    max_read_concurrency: int = 32  # GETs of object bytes, and HEADs run ahead of ls -l
     part_size: int = 8 * MIB
     single_put_limit: int = 8 * MIB
     metadata_ttl: float = 1.0
