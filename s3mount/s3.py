@@ -1,7 +1,8 @@
 """`ObjectStore` over boto3: every request of a running mount, on the client `s3client.py` builds.
 
-Every call runs through `run_blocking`: GETs of object bytes on the `reads` limiter, everything
-else on the `s3` one; botocore's connection pool holds both.  Retries and timeouts are botocore's
+Every call runs through `run_blocking`: GETs of object bytes and HEADs made ahead of a reader
+(`head(key, ahead=True)`, ls -l's sweep) on the `reads` limiter, everything else on the `s3`
+one; botocore's connection pool holds both.  Retries and timeouts are botocore's
 own, bounded by the config; after them a call fails with an `FsError` from the one table below
 (`map_client_error`).
 Keys given to and returned by this class are relative to the mount's prefix.  `RequestStats`
@@ -145,7 +146,7 @@ class S3Store:
         self.bucket = bucket
         self.prefix = prefix
         self.limiter = limiter
-        self.read_limiter = read_limiter or limiter  # GETs of object bytes
+        self.read_limiter = read_limiter or limiter  # GETs of object bytes, HEADs ahead
         self.stats = RequestStats()
 
     async def _call(self, what: str, fn: Callable[..., Any], limiter: Any = None,

@@ -3,7 +3,9 @@ objects.
 
 `fs.py` and everything below it depend on `ObjectStore`, never on boto3: `s3.py` implements it over
 boto3, and `tests/memstore.py` in memory, for the core tests (a contract test holds both to the
-same rules).  Keys are relative to the mount's prefix.
+same rules).  Keys are relative to the mount's prefix.  `head(key, ahead=True)` is a look-up
+made before anyone asked (ls -l's sweep): a store runs it on its read budget, never on the slots
+a stat or an upload needs.
 
 Attributes are stored the way s3fs-fuse stores them, so both tools read each other's buckets:
 user metadata `mode` (decimal `st_mode`, type bits included), `uid`, `gid`, `mtime`, and for

@@ -19,8 +19,8 @@ T = TypeVar("T")
 
 class Limiters:
     """The named limiters: `s3` for metadata requests and uploads, `reads` for GETs of object
-    bytes (read-ahead must never take the slots a stat or an upload needs; botocore's pool
-    holds both together), `disk` for the local cache files."""
+    bytes and HEADs made ahead of a reader (read-ahead must never take the slots a stat or an
+    upload needs; botocore's pool holds both together), `disk` for the local cache files."""
 
     def __init__(self, s3: int, disk: int = 8, reads: int | None = None) -> None:
         self.s3 = trio.CapacityLimiter(s3)
