@@ -2,11 +2,14 @@
 
 boto3 spends about 1 ms of CPU on one HEAD (parameter validation, a dozen event hooks, the
 response parser); on loopback, where the server answers in a fraction of that, this is what
-bounds `stat` and `ls -l`.  `LeanS3Store` is an `S3Store` that sends its three hot requests
-itself: signed with botocore's own SigV4 signer (credentials read afresh for every attempt, so
-refreshed keys are used and no signature outlives its request), sent on a urllib3 pool (a
-botocore dependency), and answered by reading just the headers or XML elements needed.
-Everything else - uploads, copies, deletes, the rare calls - stays on the boto3 client.
+bounds `stat` and `ls -l`, and, with small files, creating them.  `LeanS3Store` is an `S3Store`
+that sends its hot small requests itself - HEAD, LIST and PutObject - signed with botocore's own
+SigV4 signer (credentials read afresh for every attempt, so refreshed keys are used and no
+signature outlives its request; a PUT's payload is signed too, as botocore signs it over http),
+sent on a urllib3 pool (a botocore dependency), and answered by reading just the headers or XML
+elements needed.  Everything else - ranged GETs, multipart uploads, copies, deletes, the rare
+calls - stays on the boto3 client, and so does a PUT whose arguments this module cannot put in
+headers (`PUT_HEADERS`).
 
 Failures become the botocore exceptions boto3 would raise (a `ClientError` carrying the S3
 error code and HTTP status, or a connection error), so `S3Store._call` maps them through the one
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
+import hashlib
 import os
 import random
 import time
@@ -67,6 +71,14 @@ THROTTLE_CODES = frozenset({
     "TransactionInProgressException", "RequestLimitExceeded", "BandwidthLimitExceeded",
     "LimitExceededException", "RequestThrottled", "SlowDown", "EC2ThrottledException"})
 MAX_BACKOFF = 20.0
+# PutObject's arguments (as boto3 names them) that a lean PUT sends, and their headers.  A PUT
+# with any other argument (SSE-C keys, checksums) goes through boto3.
+PUT_HEADERS = {
+    "ContentType": "Content-Type", "IfNoneMatch": "If-None-Match", "IfMatch": "If-Match",
+    "ServerSideEncryption": "x-amz-server-side-encryption",
+    "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id",
+    "StorageClass": "x-amz-storage-class"}
+PUT_ARGUMENTS = frozenset(PUT_HEADERS) | {"Bucket", "Key", "Body", "Metadata"}
 META = "x-amz-meta-"
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
@@ -124,18 +136,19 @@ class Transport:
         self.max_attempts = max(1, config.max_attempts)
 
     def send(self, method: str, path: str, query: str = "", headers: dict[str, str] | None = None,
-             preload: bool = True) -> urllib3.BaseHTTPResponse:
+             preload: bool = True, body: bytes | None = None) -> urllib3.BaseHTTPResponse:
         """One request, retried while it fails transiently; a response with 2xx status, or the
         botocore exception boto3 would raise."""
         target = self.base_path + path + (f"?{query}" if query else "")
+        payload_hash = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
         attempt = 0
         while True:
             attempt += 1
             throttled = False
             try:
-                response = self.pool.urlopen(method, target, headers=self._sign(
-                    method, target, headers or {}), preload_content=preload, redirect=False,
-                    retries=False, assert_same_host=False)
+                response = self.pool.urlopen(method, target, body=body, headers=self._sign(
+                    method, target, headers or {}, payload_hash), preload_content=preload,
+                    redirect=False, retries=False, assert_same_host=False)
             except urllib3.exceptions.HTTPError as exc:
                 if attempt >= self.max_attempts:
                     raise _connection_error(exc, self.endpoint) from None
@@ -152,7 +165,8 @@ class Transport:
             scale = 1.0 if throttled else 0.05
             time.sleep(random.random() * min(scale * 2 ** (attempt - 1), MAX_BACKOFF))
 
-    def _sign(self, method: str, target: str, headers: dict[str, str]) -> dict[str, str]:
+    def _sign(self, method: str, target: str, headers: dict[str, str],
+              payload_hash: str = EMPTY_SHA256) -> dict[str, str]:
         """Headers of a request signed now, with the credentials as they are now."""
         credentials = self.credentials
         if credentials is None:
@@ -160,7 +174,7 @@ class Transport:
         signer = botocore.auth.S3SigV4Auth(credentials.get_frozen_credentials(), "s3",
                                            self.region)
         request = botocore.awsrequest.AWSRequest(method, self.endpoint + target, headers)
-        request.headers["X-Amz-Content-SHA256"] = EMPTY_SHA256
+        request.headers["X-Amz-Content-SHA256"] = payload_hash
         request.context["payload_signing_enabled"] = True
         signer.add_auth(request)
         return dict(request.headers.items())
@@ -213,8 +227,8 @@ def parse_http_date(value: str) -> float:
 
 
 class LeanS3Store(S3Store):
-    """`S3Store` whose HEAD and LIST take the lean path.  Ranged GETs stay on boto3, whose body
-    reader S3Store resumes from the byte reached when a connection breaks mid-body."""
+    """`S3Store` whose HEAD, LIST and PutObject take the lean path.  Ranged GETs stay on boto3,
+    whose body reader S3Store resumes from the byte reached when a connection breaks mid-body."""
 
     def __init__(self, client: Any, bucket: str, prefix: str, limiter: Any,
                  args: RequestArgs, **kwargs: Any) -> None:
@@ -241,6 +255,14 @@ class LeanS3Store(S3Store):
             return None
         return info
 
+    def _put_object(self, **kwargs: Any) -> dict[str, Any]:
+        headers = put_headers(kwargs)
+        if headers is None:
+            return super()._put_object(**kwargs)
+        path = f"{self.bucket_path}/{quote_key(kwargs['Key'])}"
+        response = self.transport.send("PUT", path, headers=headers, body=kwargs["Body"])
+        return {"ETag": response.headers.get("ETag", "")}
+
     async def list_page(self, prefix: str, delimiter: str | None, token: str | None = None,
                         max_keys: int = 1000, start_after: str | None = None) -> ListPage:
         if self.capabilities.list_v2 is False:  # ListObjects V1 stays with boto3
@@ -261,6 +283,21 @@ class LeanS3Store(S3Store):
             return parse_listing(body, cut)
 
         return await self._call(f"LIST {prefix}", fetch)
+
+
+def put_headers(kwargs: dict[str, Any]) -> dict[str, str] | None:
+    """PutObject's arguments as HTTP headers; None when one of them has no header here, or a
+    metadata value is not printable ASCII (which only boto3's encoding would carry)."""
+    if not PUT_ARGUMENTS.issuperset(kwargs):
+        return None
+    headers = {PUT_HEADERS[name]: str(value) for name, value in kwargs.items()
+               if name in PUT_HEADERS}
+    for name, value in (kwargs.get("Metadata") or {}).items():
+        if not (name.isascii() and value.isascii() and name.isprintable()
+                and value.isprintable()):
+            return None
+        headers[META + name] = value
+    return headers
 
 
 def parse_listing(body: bytes, cut: int) -> ListPage:

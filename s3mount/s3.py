@@ -266,9 +266,13 @@ class S3Store:
                                   "Metadata": metadata, **self.args.put(key, body, False)}
         if content_type:
             kwargs["ContentType"] = content_type
-        etag = _etag(await self._call(f"PUT {key}", self.client.put_object, **kwargs))
+        etag = _etag(await self._call(f"PUT {key}", self._put_object, **kwargs))
         self.stats.bytes_out += len(body)
         return etag
+
+    def _put_object(self, **kwargs: Any) -> dict[str, Any]:
+        """PutObject, its arguments as boto3's; in a worker thread."""
+        return dict(self.client.put_object(**kwargs))
 
     async def put_file(self, key: str, path: str, size: int, metadata: dict[str, str],
                        expect: str | None = None) -> str:
@@ -276,9 +280,9 @@ class S3Store:
         def upload() -> dict[str, Any]:
             with open(path, "rb") as f:
                 body = f.read(size)
-            return self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=body,
-                                          Metadata=metadata, **_condition(expect),
-                                          **self.args.put(key, body, True))
+            return self._put_object(Bucket=self.bucket, Key=self._full(key), Body=body,
+                                    Metadata=metadata, **_condition(expect),
+                                    **self.args.put(key, body, True))
 
         etag = _etag(await self._call(f"PUT {key}", upload))
         self.stats.bytes_out += size

@@ -19,8 +19,10 @@ from helpers import ACCESS_KEY, REGION, SECRET_KEY
 from s3mount import errors
 from s3mount.config import MountConfig
 from s3mount.credentials import Keys
-from s3mount.lean import LeanS3Store, lean_blockers, make_store
+from s3mount.lean import LeanS3Store, lean_blockers, make_store, put_headers
+from s3mount.requestargs import RequestArgs
 from s3mount.s3 import S3Store
+from s3mount.store import EXPECT_ABSENT
 from s3mount.s3client import build_client
 from s3mount.workers import Limiters
 
@@ -70,7 +72,7 @@ def stores(server, bucket, prefix="", **overrides) -> tuple[S3Store, LeanS3Store
                          region=REGION, max_attempts=overrides.pop("max_attempts", 2),
                          **overrides)
     limiters = Limiters(4)
-    boto = S3Store(build_client(config), bucket, prefix, limiters.s3)
+    boto = S3Store(build_client(config), bucket, prefix, limiters.s3, RequestArgs(config))
     lean = make_store(build_client(config), config, limiters)
     assert isinstance(lean, LeanS3Store), lean_blockers(config)
     return boto, lean
@@ -94,6 +96,57 @@ async def test_head_get_and_list_answer_as_boto3_does(server, client, bucket):
     assert {o.key for o in page.objects} == {k for k in ODD_KEYS if "/" not in k}
     assert await lean.head("absent") is None
     assert lean.stats.requests["HEAD"] >= len(ODD_KEYS) + 1
+
+
+def refuse_boto3_puts(store: S3Store) -> None:
+    def refused(**kwargs):
+        raise AssertionError(f"PutObject of {kwargs['Key']} went through boto3")
+    store.client.put_object = refused
+
+
+async def test_put_lands_as_boto3_puts_it(server, client, bucket, tmp_path):
+    """A lean PUT (markers, small files) makes the object a boto3 PUT makes: same bytes, ETag,
+    metadata and content type, at odd keys; its conditions fail as boto3's do."""
+    boto, lean = stores(server, bucket, prefix="p/", content_type="auto")
+    refuse_boto3_puts(lean)
+    meta = {"mode": "33188", "uid": "0", "mtime": "1.000000002", "Mixed-Case": "a b"}
+    for i, key in enumerate([*ODD_KEYS, "page.html", "dir/"]):
+        body = bytes(range(i, i + 40)) if key != "dir/" else b""
+        for store, where in ((boto, "b/"), (lean, "l/")):
+            source = tmp_path / f"{i}{where[0]}"
+            source.write_bytes(body + b"tail not sent")
+            etag = await store.put_file(where + key, str(source), len(body), meta)
+            assert etag == (await boto.head(where + key)).etag
+        sent = client.head_object(Bucket=bucket, Key=f"p/l/{key}")
+        made = client.head_object(Bucket=bucket, Key=f"p/b/{key}")
+        for field in ("ETag", "ContentLength", "ContentType", "Metadata"):
+            assert sent[field] == made[field], (key, field)
+        assert client.get_object(Bucket=bucket, Key=f"p/l/{key}")["Body"].read() == body
+    marker_etag = await lean.put("l/m/", b"", {"mode": "16877"})
+    assert (await boto.head("l/m/")).etag == marker_etag
+
+    source = tmp_path / "v2"
+    source.write_bytes(b"second version")
+    for store in (boto, lean):
+        with pytest.raises(errors.Stale):  # 412: the key exists
+            await store.put_file("l/page.html", str(source), 14, {}, expect=EXPECT_ABSENT)
+        with pytest.raises(errors.Stale):  # 412: not that version
+            await store.put_file("l/page.html", str(source), 14, {}, expect="0" * 32)
+    current = (await boto.head("l/page.html")).etag
+    etag = await lean.put_file("l/page.html", str(source), 14, {}, expect=current)
+    assert (await boto.head("l/page.html")).etag == etag != current
+    assert lean.stats.requests["PUT"] == len(ODD_KEYS) + 6
+
+
+def test_a_put_the_lean_path_cannot_carry_goes_through_boto3():
+    plain = {"Bucket": "b", "Key": "k", "Body": b"", "Metadata": {"uid": "0"}}
+    assert put_headers(plain) == {"x-amz-meta-uid": "0"}
+    assert put_headers({**plain, "ChecksumSHA256": "x", "ChecksumAlgorithm": "SHA256"}) is None
+    assert put_headers({**plain, "SSECustomerKey": bytes(32)}) is None
+    assert put_headers({**plain, "Metadata": {"name": "ünï"}}) is None
+    assert put_headers({**plain, "Metadata": {"name": "line\nbreak"}}) is None
+    assert put_headers({**plain, "IfNoneMatch": "*", "StorageClass": "STANDARD_IA"}) == {
+        "x-amz-meta-uid": "0", "If-None-Match": "*", "x-amz-storage-class": "STANDARD_IA"}
 
 
 async def test_a_head_made_ahead_takes_the_read_budget(server, client, bucket):
@@ -200,10 +253,15 @@ async def test_transient_failures_are_retried_within_max_attempts(server, client
         assert await lean.get_range("f", 0, 1, None) == b"x"
         proxy.fail("reset", times=2, method="GET")
         assert (await lean.list_page("", "/")).objects[0].key == "f"
+        refuse_boto3_puts(lean)
+        proxy.fail("reset", times=1, method="PUT")
+        proxy.fail("503", times=1, method="PUT")
+        assert await lean.put("g", b"sent again", {}) == \
+            client.head_object(Bucket=bucket, Key="g")["ETag"].strip('"')
         proxy.fail("503", times=3, method="HEAD")
         with pytest.raises(errors.RemoteIO):
             await lean.head("f")
-        assert proxy.injected == 9
+        assert proxy.injected == 11
     finally:
         proxy.stop()
 
