@@ -264,6 +264,8 @@ class FileData:
         inode.etag, inode.size = etag, staged.size
         inode.fetched_at = time.monotonic()
         inode.meta_known = True
+        if self.namespace.key(inode) == key:  # not moved meanwhile: the same directories
+            self.namespace.landed_under(inode)
         log.debug("committed %s (%d bytes)", key, staged.size)
         if conflict is not None:
             raise conflict

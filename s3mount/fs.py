@@ -135,6 +135,7 @@ class Filesystem:
                                ctime_ns=now, etag="", has_marker=True,
                                fetched_at=time.monotonic(), complete_at=time.monotonic())
         self.ns.forget_negative(parent, name)  # nothing was under it: a new, empty directory
+        self.ns.landed_under(inode)
         return inode
 
     async def rmdir(self, parent_ino: int, raw: bytes) -> None:

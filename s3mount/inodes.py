@@ -47,6 +47,8 @@ class Inode:
     xattrs: dict[str, bytes] = field(default_factory=dict)
     sweeps: Sweeps | None = None  # directories: the lookup patterns seen in it (sweeps.py)
     complete_at: float | None = None  # directories: when a listing or mkdir showed every child
+    # directories: when a key under it last landed (our PUT), which proves the prefix exists
+    exists_at: float = 0.0
     # directories: (after, last, when) of the last page listed alone: every name after `after`
     # up to `last` (None: unbounded) that is not a child was absent then
     known_span: tuple[str | None, str | None, float] | None = None

@@ -186,6 +186,8 @@ class Namespace:
             # Seen in a listing just now, without its marker's metadata (mode, owner).
             found = Probe(None, await self.store.head(key + "/"), True)
         elif child is not None:
+            if time.monotonic() - child.exists_at < ttl:
+                return child  # a key of ours landed under it just now: still a directory
             # Still a directory? One LIST, and the marker's HEAD if it had one.
             found = await self.probe(key, obj=False, marker=False)
             if not (found.marker or found.has_children):
@@ -330,6 +332,16 @@ class Namespace:
             self.refresh_from(child, info, kind)
             return child
         return self.new_child(parent, name, kind, info)
+
+    def landed_under(self, inode: Inode) -> None:
+        """A key of ours just landed at `inode`: every directory above it exists in the bucket,
+        as a prefix with a key under it, which is all a lookup's "still a directory?" LIST would
+        ask (untar through a 20 ms link sent one such LIST a directory every half second)."""
+        now = time.monotonic()
+        parent = self.table.get(inode.parent)
+        while parent is not None and parent.ino != parent.parent:
+            parent.exists_at = now
+            parent = self.table.get(parent.parent)
 
     async def revalidate(self, inode: Inode) -> None:
         """Refresh an inode's attributes from the bucket; NotFound when its object is gone."""

@@ -581,6 +581,31 @@ async def test_creates_in_a_new_directory_ask_nothing_of_the_bucket(make_fs, s3_
     assert spent["HEAD"] <= 1, spent  # the outside object's metadata
 
 
+async def test_a_directory_we_just_wrote_under_needs_no_list_to_be_looked_up(make_fs, s3_client,
+                                                                             bucket):
+    """Past the TTL a directory's lookup asks the bucket whether it is still one (a LIST); a
+    key of ours that landed under it within the TTL already says so (untar: tar looks its
+    directories up again for each file).  Once nothing lands, the LIST comes back, and finds
+    a directory emptied from outside gone."""
+    fs = make_fs(metadata_ttl=2.0)
+    a = await mkdir(fs, ROOT_INODE, b"a", 0o755, UID, GID)
+    b = await mkdir(fs, a.ino, b"b", 0o755, UID, GID)
+    await trio.sleep(1.1)  # past the freshness (half the TTL) of what mkdir knew
+    await write_file(fs, b"f", b"x", parent=b.ino)
+    before = collections.Counter(fs.store.stats.requests)
+    assert (await lookup_path(fs, "a/b")) is b
+    spent = collections.Counter(fs.store.stats.requests) - before
+    assert not spent, spent
+
+    await trio.sleep(1.1)
+    s3_client.delete_objects(Bucket=bucket, Delete={"Objects": [
+        {"Key": k} for k in ("a/", "a/b/", "a/b/f")]})
+    before = collections.Counter(fs.store.stats.requests)
+    with pytest.raises(errors.NotFound):
+        await lookup_path(fs, "a")
+    assert (collections.Counter(fs.store.stats.requests) - before)["LIST"] >= 1
+
+
 async def test_lookups_in_listing_order_read_metadata_ahead(make_fs, s3_client, bucket):
     """ls -l without --trust-listings: each entry needs a HEAD for its mode, and once entries
     are looked up in order, the HEADs of those that follow run ahead in parallel."""
