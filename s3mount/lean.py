@@ -3,13 +3,14 @@
 boto3 spends about 1 ms of CPU on one HEAD (parameter validation, a dozen event hooks, the
 response parser); on loopback, where the server answers in a fraction of that, this is what
 bounds `stat` and `ls -l`, and, with small files, creating them.  `LeanS3Store` is an `S3Store`
-that sends its hot small requests itself - HEAD, LIST and PutObject - signed with botocore's own
+that sends its hot small requests itself - HEAD, LIST, PutObject and GETs of up to `SMALL_GET`
+bytes (random reads, a sequential run's first read) - signed with botocore's own
 SigV4 signer (credentials read afresh for every attempt, so refreshed keys are used and no
 signature outlives its request; a PUT's payload is signed too, as botocore signs it over http),
 sent on a urllib3 pool (a botocore dependency), and answered by reading just the headers or XML
-elements needed.  Everything else - ranged GETs, multipart uploads, copies, deletes, the rare
-calls - stays on the boto3 client, and so does a PUT whose arguments this module cannot put in
-headers (`PUT_HEADERS`).
+elements needed.  Everything else - larger ranged GETs, multipart uploads, copies, deletes, the
+rare calls - stays on the boto3 client, and so does a PUT whose arguments this module cannot put
+in headers (`PUT_HEADERS`).
 
 Failures become the botocore exceptions boto3 would raise (a `ClientError` carrying the S3
 error code and HTTP status, or a connection error), so `S3Store._call` maps them through the one
@@ -79,6 +80,9 @@ PUT_HEADERS = {
     "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id",
     "StorageClass": "x-amz-storage-class"}
 PUT_ARGUMENTS = frozenset(PUT_HEADERS) | {"Bucket", "Key", "Body", "Metadata"}
+# A GET of up to this many bytes is sent here and, should its answer break off, sent again
+# whole; a longer one goes through boto3, whose body reader S3Store resumes mid-body.
+SMALL_GET = 1024 * 1024
 META = "x-amz-meta-"
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
@@ -136,7 +140,7 @@ class Transport:
         self.max_attempts = max(1, config.max_attempts)
 
     def send(self, method: str, path: str, query: str = "", headers: dict[str, str] | None = None,
-             preload: bool = True, body: bytes | None = None) -> urllib3.BaseHTTPResponse:
+             body: bytes | None = None) -> urllib3.BaseHTTPResponse:
         """One request, retried while it fails transiently; a response with 2xx status, or the
         botocore exception boto3 would raise."""
         target = self.base_path + path + (f"?{query}" if query else "")
@@ -146,9 +150,11 @@ class Transport:
             attempt += 1
             throttled = False
             try:
+                # Bodies as stored: no Content-Encoding undone (boto3 leaves gzip objects be).
                 response = self.pool.urlopen(method, target, body=body, headers=self._sign(
-                    method, target, headers or {}, payload_hash), preload_content=preload,
-                    redirect=False, retries=False, assert_same_host=False)
+                    method, target, headers or {}, payload_hash), preload_content=True,
+                    decode_content=False, redirect=False, retries=False,
+                    assert_same_host=False)
             except urllib3.exceptions.HTTPError as exc:
                 if attempt >= self.max_attempts:
                     raise _connection_error(exc, self.endpoint) from None
@@ -227,8 +233,9 @@ def parse_http_date(value: str) -> float:
 
 
 class LeanS3Store(S3Store):
-    """`S3Store` whose HEAD, LIST and PutObject take the lean path.  Ranged GETs stay on boto3,
-    whose body reader S3Store resumes from the byte reached when a connection breaks mid-body."""
+    """`S3Store` whose HEAD, LIST, PutObject and small ranged GETs take the lean path.  Larger
+    GETs stay on boto3, whose body reader S3Store resumes from the byte reached when a
+    connection breaks mid-body."""
 
     def __init__(self, client: Any, bucket: str, prefix: str, limiter: Any,
                  args: RequestArgs, **kwargs: Any) -> None:
@@ -254,6 +261,15 @@ class LeanS3Store(S3Store):
         except errors.NotFound:
             return None
         return info
+
+    def _get_body(self, key: str, kwargs: dict[str, Any], start: int, end: int) -> bytes:
+        if end - start > SMALL_GET or set(kwargs) - {"Bucket", "Key", "Range", "IfMatch"}:
+            return super()._get_body(key, kwargs, start, end)
+        headers = {"Range": kwargs["Range"]}
+        if "IfMatch" in kwargs:
+            headers["If-Match"] = kwargs["IfMatch"]
+        path = f"{self.bucket_path}/{quote_key(kwargs['Key'])}"
+        return bytes(self.transport.send("GET", path, headers=headers).data)
 
     def _put_object(self, **kwargs: Any) -> dict[str, Any]:
         headers = put_headers(kwargs)

@@ -19,7 +19,7 @@ from helpers import ACCESS_KEY, REGION, SECRET_KEY
 from s3mount import errors
 from s3mount.config import MountConfig
 from s3mount.credentials import Keys
-from s3mount.lean import LeanS3Store, lean_blockers, make_store, put_headers
+from s3mount.lean import SMALL_GET, LeanS3Store, lean_blockers, make_store, put_headers
 from s3mount.requestargs import RequestArgs
 from s3mount.s3 import S3Store
 from s3mount.store import EXPECT_ABSENT
@@ -98,10 +98,37 @@ async def test_head_get_and_list_answer_as_boto3_does(server, client, bucket):
     assert lean.stats.requests["HEAD"] >= len(ODD_KEYS) + 1
 
 
-def refuse_boto3_puts(store: S3Store) -> None:
+def refuse_boto3(store: S3Store, operation: str) -> None:
     def refused(**kwargs):
-        raise AssertionError(f"PutObject of {kwargs['Key']} went through boto3")
-    store.client.put_object = refused
+        raise AssertionError(f"{operation} of {kwargs['Key']} went through boto3")
+    setattr(store.client, operation, refused)
+
+
+def refuse_boto3_puts(store: S3Store) -> None:
+    refuse_boto3(store, "put_object")
+
+
+async def test_small_gets_go_lean_and_return_bytes_as_stored(server, client, bucket):
+    """A GET of up to SMALL_GET bytes is sent on the lean path: the same bytes as boto3's,
+    gzip-encoded objects not decoded, past the end cut short, a stale version refused; a longer
+    GET goes through boto3's resumable body reader."""
+    import gzip
+    data = os.urandom(SMALL_GET + 4096)
+    packed = gzip.compress(b"text " * 1000)
+    client.put_object(Bucket=bucket, Key="big", Body=data)
+    client.put_object(Bucket=bucket, Key="packed.gz", Body=packed, ContentEncoding="gzip")
+    boto, lean = stores(server, bucket)
+    etag = (await boto.head("big")).etag
+    refuse_boto3(lean, "get_object")
+    assert await lean.get_range("big", 5, 4101, etag) == data[5:4101]
+    assert await lean.get_range("big", 0, SMALL_GET, None) == data[:SMALL_GET]
+    assert await lean.get_range("big", len(data) - 10, len(data) + 50, etag) == data[-10:]
+    assert await lean.get_range("packed.gz", 0, len(packed), None) == packed
+    with pytest.raises(errors.Stale):
+        await lean.get_range("big", 0, 10, "0" * 32)
+    with pytest.raises(AssertionError, match="went through boto3"):
+        await lean.get_range("big", 0, SMALL_GET + 1, etag)
+    assert await boto.get_range("big", 0, SMALL_GET + 1, etag) == data[:SMALL_GET + 1]
 
 
 async def test_put_lands_as_boto3_puts_it(server, client, bucket, tmp_path):
@@ -251,6 +278,10 @@ async def test_transient_failures_are_retried_within_max_attempts(server, client
         assert (await lean.head("f")).size == 1
         proxy.fail("500", times=2, method="GET")
         assert await lean.get_range("f", 0, 1, None) == b"x"
+        client.put_object(Bucket=bucket, Key="h", Body=bytes(range(100)))
+        refuse_boto3(lean, "get_object")
+        proxy.fail("cut", times=1, method="GET", after=10)  # the answer breaks off mid-body
+        assert await lean.get_range("h", 0, 100, None) == bytes(range(100))
         proxy.fail("reset", times=2, method="GET")
         assert (await lean.list_page("", "/")).objects[0].key == "f"
         refuse_boto3_puts(lean)
@@ -261,7 +292,7 @@ async def test_transient_failures_are_retried_within_max_attempts(server, client
         proxy.fail("503", times=3, method="HEAD")
         with pytest.raises(errors.RemoteIO):
             await lean.head("f")
-        assert proxy.injected == 11
+        assert proxy.injected == 12
     finally:
         proxy.stop()
 
