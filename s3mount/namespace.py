@@ -187,7 +187,10 @@ class Namespace:
             found = Probe(None, await self.store.head(key + "/"), True)
         elif child is not None:
             if time.monotonic() - child.exists_at < ttl:
-                return child  # a key of ours landed under it just now: still a directory
+                # A key of ours landed under it just now: still a directory, confirmed as the
+                # LIST below would confirm it (which reads no attributes either).
+                child.fetched_at = max(child.fetched_at, child.exists_at)
+                return child
             # Still a directory? One LIST, and the marker's HEAD if it had one.
             found = await self.probe(key, obj=False, marker=False)
             if not (found.marker or found.has_children):
