@@ -59,6 +59,7 @@ UNDERSTOOD_FIELDS = frozenset({
     "metadata_ttl", "block_size", "max_readahead", "kernel_readahead", "cache_size",
     "connect_timeout", "read_timeout", "max_attempts", "conditional_writes", "trust_listings",
     "keys", "ca_bundle", "verify_ssl", "metrics_port", "request_path", "max_read_concurrency",
+    "write_back",
     # Provider options that shape only what is written (boto3 sends every write):
     "sse", "sse_kms_key_id", "storage_class", "content_type", "checksum",
 })
