@@ -138,7 +138,8 @@ def run(config: MountConfig, client: Any, on_ready: Callable[[], None] | None = 
     store = RememberingStore(make_store(client, config, limiters, capabilities),
                              config.cache_path() / "attrs.sqlite")
     blockers = lean_blockers(config)
-    log.debug("requests: %s", f"boto3 ({', '.join(blockers)})" if blockers else "lean path")
+    log.info("requests: %s", f"through boto3 ({', '.join(blockers)})" if blockers
+             else "the lean path for HEAD, LIST, PUT and small GETs, boto3 for the rest")
     background = Background()
     fs = build_filesystem(config, store, limiters, background, capabilities)
     lock = lock_cache_dir(config.cache_path())
