@@ -206,6 +206,9 @@ def _client_error(response: urllib3.BaseHTTPResponse,
 
 
 def _connection_error(exc: Exception, endpoint: str) -> botocore.exceptions.BotoCoreError:
+    if isinstance(exc, urllib3.exceptions.ProtocolError) and str(exc.args[0]).startswith(
+            "Connection broken"):  # urllib3's words for an answer whose body broke off
+        return botocore.exceptions.ResponseStreamingError(error=exc)
     if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
         return botocore.exceptions.ReadTimeoutError(endpoint_url=endpoint, error=exc)
     if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
@@ -270,7 +273,11 @@ class LeanS3Store(S3Store):
         if "IfMatch" in kwargs:
             headers["If-Match"] = kwargs["IfMatch"]
         path = f"{self.bucket_path}/{quote_key(kwargs['Key'])}"
-        return bytes(self.transport.send("GET", path, headers=headers).data)
+        try:
+            return bytes(self.transport.send("GET", path, headers=headers).data)
+        except botocore.exceptions.ResponseStreamingError as exc:
+            raise errors.RemoteIO(f"GET {key}: the answer broke off on each of "
+                                  f"{self.transport.max_attempts} attempts: {exc}") from None
 
     def _put_object(self, **kwargs: Any) -> dict[str, Any]:
         headers = put_headers(kwargs)

@@ -282,6 +282,9 @@ async def test_transient_failures_are_retried_within_max_attempts(server, client
         refuse_boto3(lean, "get_object")
         proxy.fail("cut", times=1, method="GET", after=10)  # the answer breaks off mid-body
         assert await lean.get_range("h", 0, 100, None) == bytes(range(100))
+        proxy.fail("cut", times=3, method="GET", after=10)
+        with pytest.raises(errors.RemoteIO, match="broke off on each of 3 attempts"):
+            await lean.get_range("h", 0, 100, None)
         proxy.fail("reset", times=2, method="GET")
         assert (await lean.list_page("", "/")).objects[0].key == "f"
         refuse_boto3_puts(lean)
@@ -292,7 +295,7 @@ async def test_transient_failures_are_retried_within_max_attempts(server, client
         proxy.fail("503", times=3, method="HEAD")
         with pytest.raises(errors.RemoteIO):
             await lean.head("f")
-        assert proxy.injected == 12
+        assert proxy.injected == 15
     finally:
         proxy.stop()
 
