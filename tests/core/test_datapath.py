@@ -16,7 +16,7 @@ from s3mount.blockcache import BlockCache, block_digest
 from s3mount.config import MountConfig
 from s3mount.errors import RemoteIO, Stale
 from s3mount.mount import build_filesystem
-from s3mount.s3 import S3Store
+from s3mount.s3 import S3Store, part_snapshot
 from s3mount.s3client import build_client
 from s3mount.workers import Background, Limiters
 
@@ -135,6 +135,24 @@ async def test_rewrite_after_part_upload_is_sent_again(world, s3_client, bucket)
     await fs.flush(fh)
     await fs.release(fh)
     assert s3_client.get_object(Bucket=bucket, Key="rewrite.bin")["Body"].read() == bytes(data)
+
+
+def test_a_part_is_sent_from_a_copy_of_its_bytes_taken_when_it_starts(tmp_path):
+    """The bytes of a part are copied aside, out of the daemon's memory, when its upload starts:
+    a write or a truncate of the staging file while it is in flight changes nothing sent (that
+    part is sent again), and the copy leaves no file behind."""
+    staging = tmp_path / "staged"
+    data = os.urandom(3 * MIB)
+    staging.write_bytes(data)
+    with part_snapshot(str(staging), MIB, 2 * MIB) as copy:
+        with open(staging, "r+b") as f:
+            f.seek(MIB)
+            f.write(b"\0" * MIB)
+            f.truncate(MIB + 10)
+        assert copy.read() == data[MIB:3 * MIB]
+    with part_snapshot(str(staging), MIB, 2 * MIB) as copy:  # taken after the truncate
+        assert copy.read() == b"\0" * 10
+    assert sorted(os.listdir(tmp_path)) == ["staged"]
 
 
 async def test_append_copies_untouched_parts_server_side(world, s3_client, bucket):
