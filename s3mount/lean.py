@@ -248,7 +248,11 @@ class LeanS3Store(S3Store):
         self.bucket_path = "/" + urllib.parse.quote(bucket, safe="")
 
     def _path(self, key: str) -> str:
-        return f"{self.bucket_path}/{quote_key(self._full(key))}"
+        return self._object_path(self._full(key))
+
+    def _object_path(self, full_key: str) -> str:
+        """The request path of a key as boto3 names it (the mount's prefix included)."""
+        return f"{self.bucket_path}/{quote_key(full_key)}"
 
     async def head(self, key: str, ahead: bool = False) -> ObjectInfo | None:
         def fetch() -> ObjectInfo:
@@ -272,9 +276,9 @@ class LeanS3Store(S3Store):
         headers = {"Range": kwargs["Range"]}
         if "IfMatch" in kwargs:
             headers["If-Match"] = kwargs["IfMatch"]
-        path = f"{self.bucket_path}/{quote_key(kwargs['Key'])}"
         try:
-            return bytes(self.transport.send("GET", path, headers=headers).data)
+            return bytes(self.transport.send("GET", self._object_path(kwargs["Key"]),
+                                             headers=headers).data)
         except botocore.exceptions.ResponseStreamingError as exc:
             raise errors.RemoteIO(f"GET {key}: the answer broke off on each of "
                                   f"{self.transport.max_attempts} attempts: {exc}") from None
@@ -283,8 +287,8 @@ class LeanS3Store(S3Store):
         headers = put_headers(kwargs)
         if headers is None:
             return super()._put_object(**kwargs)
-        path = f"{self.bucket_path}/{quote_key(kwargs['Key'])}"
-        response = self.transport.send("PUT", path, headers=headers, body=kwargs["Body"])
+        response = self.transport.send("PUT", self._object_path(kwargs["Key"]),
+                                       headers=headers, body=kwargs["Body"])
         return {"ETag": response.headers.get("ETag", "")}
 
     async def list_page(self, prefix: str, delimiter: str | None, token: str | None = None,

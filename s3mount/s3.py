@@ -13,6 +13,7 @@ at WARNING).
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import tempfile
@@ -370,19 +371,14 @@ class S3Store:
                                      lambda: part_snapshot(path, offset, length), length)
 
     async def _send_part(self, key: str, upload_id: str, number: int,
-                         body_of: Callable[[], bytes | BinaryIO], length: int) -> str:
+                         body_of: Callable[[], BinaryIO], length: int) -> str:
         def upload() -> dict[str, Any]:
-            body = body_of()
-            try:
-                summed = body if isinstance(body, bytes) else (
-                    _read_back(body) if self.args.algorithm else b"")
-                extra = self.args.part(summed)
+            with body_of() as body:
+                # Only a checksum needs the part's bytes in memory.
+                extra = self.args.part(_read_back(body) if self.args.algorithm else b"")
                 resp = self.client.upload_part(Bucket=self.bucket, Key=self._full(key),
                                                UploadId=upload_id, PartNumber=number,
                                                Body=body, **extra)
-            finally:
-                if not isinstance(body, bytes):
-                    body.close()
             return {**resp, **extra}  # the checksum sent is the part's
 
         resp = await self._call(f"PART {number} of {key}", upload)
@@ -451,7 +447,8 @@ class S3Store:
     async def _upload_part_fetched(self, key: str, upload_id: str, number: int, source: str,
                                    start: int, end: int, source_etag: str | None) -> str:
         data = await self.get_range(source, start, end, source_etag)
-        return await self._send_part(key, upload_id, number, lambda: data, len(data))
+        return await self._send_part(key, upload_id, number, lambda: io.BytesIO(data),
+                                     len(data))
 
     async def complete_multipart(self, key: str, upload_id: str,
                                  parts: list[tuple[int, str]], expect: str | None = None) -> str:
